@@ -1,0 +1,41 @@
+"""What every func-amqp command shares: error reporting, exit codes, logging set-up."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable
+
+from func_amqp.errors import FuncAmqpError, FuncException
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+USER_ERRORS: tuple[type[BaseException], ...] = (FuncAmqpError, FuncException)
+"""Failures reported as one line; anything else is a bug and keeps its traceback."""
+
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+
+
+def report(prog: str, message: str) -> None:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+
+
+def run_main(prog: str, body: Callable[[], int]) -> int:
+    """Run a command's body, turning user-facing errors into one line and exit 1."""
+    try:
+        return body()
+    except USER_ERRORS as exc:
+        report(prog, str(exc))
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def setup_logging(level: str) -> None:
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        numeric = logging.INFO
+    logging.basicConfig(level=numeric, format=LOG_FORMAT, stream=sys.stderr)

@@ -1,0 +1,155 @@
+"""``func``: the overlord's command line, in func's syntax.
+
+    func [-t TIMEOUT] [-e EXCLUDE] [-c DIR] "<spec>" call [-j|--raw|-b] MODULE METHOD [ARGS...]
+    func "<spec>" ping
+    func "<spec>" list_minions
+
+Exit status: 0 when every targeted minion succeeded, 1 when any failed or did not
+answer (or nothing matched), 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import pprint
+import sys
+from typing import Any, Awaitable, Callable, Sequence
+
+import func_amqp
+from func_amqp import utils
+from func_amqp.cli.common import EXIT_FAILED, EXIT_OK, run_main, setup_logging
+from func_amqp.errors import ArgumentError, RemoteCallError
+from func_amqp.overlord.arguments import convert_cli_args
+from func_amqp.overlord.caller import AsyncOverlord
+
+PROG = "func"
+LOG_LEVEL = "WARNING"
+
+OUTPUT_FORMATS = ("pprint", "json", "raw", "basic")
+
+
+def _format(results: Any, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(results, indent=2, sort_keys=True, default=_json_default)
+    if fmt == "raw":
+        return repr(results)
+    if fmt == "basic":
+        return str(results)
+    return pprint.pformat(results)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _status(results: dict[str, Any]) -> int:
+    return EXIT_FAILED if any(utils.is_error(r) for r in results.values()) else EXIT_OK
+
+
+# --- subcommands ----------------------------------------------------------------------
+
+
+async def cmd_call(ol: AsyncOverlord, args: argparse.Namespace) -> int:
+    call_args: list[Any] = list(args.arguments)
+    if call_args:
+        call_args = await _converted(ol, args.module, args.method, call_args)
+    results = await ol.call(args.module, args.method, *call_args)
+    print(_format(results, args.output))
+    return _status(results)
+
+
+async def _converted(ol: AsyncOverlord, module: str, method: str, raw: list[str]) -> list[Any]:
+    """Convert CLI strings with the method's registered types, when it has them."""
+    try:
+        registered = await ol.method_args(module)
+    except RemoteCallError:
+        return raw  # the call itself will report what is wrong, per minion
+    entry = registered.get(method) if isinstance(registered, dict) else None
+    spec = entry.get("args") if isinstance(entry, dict) else None
+    try:
+        return convert_cli_args(spec, raw)
+    except ArgumentError as exc:
+        raise ArgumentError(f"{exc} (see: func '{ol.server_spec}' call {module} get_method_args)") from None
+
+
+async def cmd_ping(ol: AsyncOverlord, args: argparse.Namespace) -> int:
+    results = await ol.call("test", "ping")
+    for minion in sorted(results):
+        result = results[minion]
+        if utils.is_error(result):
+            print(f"[ FAILED ] {minion}" + (f": {result[2]}" if args.verbose else ""))
+        else:
+            print(f"[ ok ... ] {minion}")
+    return _status(results)
+
+
+async def cmd_list_minions(ol: AsyncOverlord, args: argparse.Namespace) -> int:
+    for minion in await ol.minions():
+        print(minion)
+    return EXIT_OK
+
+
+Command = Callable[[AsyncOverlord, argparse.Namespace], Awaitable[int]]
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Call func modules on the minions a target spec names.",
+        epilog="Spec: ';'-separated globs (case-insensitive), @group or @group:glob. "
+        'Example: func "web*;@db" call service restart httpd',
+    )
+    parser.add_argument("-t", "--timeout", type=_positive_float, help="seconds to wait for each minion (default: call_timeout in overlord.conf)")
+    parser.add_argument("-e", "--exclude", metavar="SPEC", help="minions to leave out, same syntax as the spec")
+    parser.add_argument("-c", "--conf", metavar="DIR", help="configuration directory")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {func_amqp.__version__}")
+    parser.add_argument("spec", help="which minions: globs, @group, ';'-separated")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    call = sub.add_parser("call", help="call MODULE METHOD [ARGS...] on every targeted minion")
+    out = call.add_mutually_exclusive_group()
+    out.add_argument("-j", "--json", dest="output", action="store_const", const="json", help="print results as JSON")
+    out.add_argument("--raw", dest="output", action="store_const", const="raw", help="print Python's repr of the results")
+    out.add_argument("-b", "--basic", dest="output", action="store_const", const="basic", help="print str() of the results")
+    call.add_argument("module")
+    call.add_argument("method")
+    call.add_argument("arguments", nargs=argparse.REMAINDER, help="method arguments; converted with the method's registered types")
+    call.set_defaults(handler=cmd_call, output="pprint")
+
+    ping = sub.add_parser("ping", help="check which targeted minions answer")
+    ping.add_argument("-v", "--verbose", action="store_true", help="say why a minion failed")
+    ping.set_defaults(handler=cmd_ping)
+
+    lm = sub.add_parser("list_minions", help="print the minions the spec names")
+    lm.set_defaults(handler=cmd_list_minions)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(LOG_LEVEL)
+
+    async def run() -> int:
+        async with AsyncOverlord(args.spec, exclude_spec=args.exclude, timeout=args.timeout, config_dir=args.conf) as ol:
+            handler: Command = args.handler
+            return await handler(ol, args)
+
+    return run_main(PROG, lambda: asyncio.run(run()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""The minion's message loop: untrusted requests in, module calls off the loop, replies out.
+
+Guarantees (docs/protocol.md):
+- every delivery is settled: answered with a response or an ``_exception`` when it has a
+  reply address, otherwise dead-lettered; no message can stop the service;
+- a request is acknowledged only once it is accepted (decoded, in time, slot free), and
+  an accepted request's reply is delivered even across a broker restart, retried until
+  the caller's deadline;
+- a request whose deadline has passed is not started;
+- module methods run in a thread pool so heartbeats and other calls keep flowing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import func_amqp
+from func_amqp.errors import (
+    EXCEPTION_CODES,
+    Code,
+    FuncException,
+    ProtocolError,
+    TransportError,
+    qualified_name,
+)
+from func_amqp.minion.server import AmqpInterface
+from func_amqp.protocol import codec, names
+from func_amqp.protocol.messages import (
+    AgentHeartbeat,
+    AgentInfo,
+    AgentLocateRequest,
+    AgentLocateResponse,
+    ExceptionResponse,
+    MethodRequest,
+    MethodResponse,
+    QueryRequest,
+    QueryResponse,
+    QueryTarget,
+    Reply,
+    Request,
+)
+from func_amqp.transport.base import Delivery, Transport
+
+_log = logging.getLogger(__name__)
+
+_STDLIB = str(Path(concurrent.futures.__file__).resolve().parent)
+
+REPLY_RETRY_INTERVAL = 0.5
+REPLY_GRACE = 5.0
+"""Seconds past the caller's deadline a finished reply is still offered: a reply
+slightly late beats a result thrown away."""
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    name: str
+    max_concurrent_calls: int = 16
+    heartbeat_interval: float = 30.0
+    max_message_bytes: int = 16 * 1024 * 1024
+
+
+_MINION_PACKAGE = str(Path(__file__).resolve().parent)
+
+
+def _module_traceback(exc: BaseException) -> str:
+    """The traceback from the module's first frame: the minion's own frames say nothing."""
+    tb = exc.__traceback__
+    while tb is not None and (
+        tb.tb_frame.f_code.co_filename.startswith(_MINION_PACKAGE)
+        or tb.tb_frame.f_code.co_filename.startswith(_STDLIB)
+    ):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
+
+
+def exception_reply(exc: BaseException, with_traceback: bool = True) -> ExceptionResponse:
+    """func's REMOTE_ERROR details for an exception raised on the minion."""
+    code = Code.METHOD_FAILED
+    for exc_type, mapped in EXCEPTION_CODES.items():
+        if isinstance(exc, exc_type):
+            code = mapped
+            break
+    trace = _module_traceback(exc) if with_traceback else ""
+    return ExceptionResponse(int(code), str(exc), qualified_name(type(exc)), trace)
+
+
+def code_reply(code: Code, text: str) -> ExceptionResponse:
+    return ExceptionResponse(int(code), text)
+
+
+class MinionService:
+    """Serves one minion name on one transport."""
+
+    def __init__(self, transport: Transport, interface: AmqpInterface, settings: ServiceSettings) -> None:
+        self.transport = transport
+        self.interface = interface
+        self.settings = settings
+        self.started = time.time()
+        self._slots = asyncio.Semaphore(settings.max_concurrent_calls)
+        self._executor = ThreadPoolExecutor(
+            max_workers=settings.max_concurrent_calls, thread_name_prefix="func-call"
+        )
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.transport.serve_minion(
+            self.settings.name, self._on_delivery, prefetch=self.settings.max_concurrent_calls
+        )
+        self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
+        _log.info("minion %s serving %d modules", self.settings.name, len(self.interface.modules))
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking requests, announce it, let running calls finish for ``grace`` s."""
+        self._stopping = True
+        await self.transport.stop_serving()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        await self._announce(stopping=True)
+        if self._inflight:
+            _log.info("waiting up to %.0fs for %d running calls", grace, len(self._inflight))
+            await asyncio.wait(set(self._inflight), timeout=grace)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def agent_info(self, stopping: bool = False) -> AgentInfo:
+        return AgentInfo(
+            name=self.settings.name,
+            version=func_amqp.__version__,
+            protocol=names.PROTOCOL_VERSION,
+            modules=self.interface.list_modules(),
+            heartbeat_interval=self.settings.heartbeat_interval,
+            started=self.started,
+            stopping=stopping,
+        )
+
+    async def _announce(self, stopping: bool = False) -> None:
+        env = codec.encode(AgentHeartbeat(self.agent_info(stopping)), agent=self.settings.name)
+        try:
+            await self.transport.publish_event(names.heartbeat_key(self.settings.name), env)
+        except TransportError as exc:
+            _log.debug("heartbeat not sent: %s", exc)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await self._announce()
+            await asyncio.sleep(self.settings.heartbeat_interval)
+
+    # --- receiving ------------------------------------------------------------------
+
+    async def _on_delivery(self, delivery: Delivery) -> None:
+        """Entry point for every message: nothing raised here may escape."""
+        try:
+            await self._handle(delivery)
+        except Exception:  # the last line of defence: log, dead-letter, keep serving
+            _log.exception("unexpected failure handling a message; dead-lettering it")
+            await delivery.reject()
+
+    async def _handle(self, delivery: Delivery) -> None:
+        env = delivery.envelope
+        try:
+            opcode = codec.check_envelope(env, self.settings.max_message_bytes)
+            if not codec.is_request(opcode):
+                raise ProtocolError(f"{opcode.value} is not a request a minion serves", Code.UNKNOWN_OPCODE)
+            request = codec.decode(env, self.settings.max_message_bytes)
+        except ProtocolError as exc:
+            await self._refuse(delivery, exc.code, str(exc))
+            return
+        assert isinstance(request, (MethodRequest, QueryRequest, AgentLocateRequest))
+        deadline = getattr(request, "deadline", 0.0)
+        if deadline and deadline < time.time():
+            await self._refuse(delivery, Code.EXPIRED, "the request's deadline passed before it could start")
+            return
+        if self._stopping:
+            await self._refuse(delivery, Code.SHUTTING_DOWN, "the minion is stopping; call again later")
+            return
+        if isinstance(request, MethodRequest):
+            await self._accept_call(delivery, request)
+        else:
+            await delivery.ack()
+            await self._send_reply(env.reply_to, env.correlation_id, self._answer(request), deadline)
+
+    async def _refuse(self, delivery: Delivery, code: Code, text: str) -> None:
+        env = delivery.envelope
+        if env.reply_to:
+            _log.warning("refused a message (%s): %s", code.name, text)
+            await delivery.ack()
+            await self._send_reply(env.reply_to, env.correlation_id, code_reply(code, text), env.deadline or 0)
+        else:
+            _log.warning("dead-lettered a message without reply address (%s): %s", code.name, text)
+            await delivery.reject()
+
+    def _answer(self, request: Request) -> Reply:
+        if isinstance(request, AgentLocateRequest):
+            return AgentLocateResponse(self.agent_info())
+        assert isinstance(request, QueryRequest)
+        if request.what is QueryTarget.SCHEMA_ID:
+            return QueryResponse(
+                [{"_package_name": "func", "_class_name": m} for m in self.interface.list_modules()]
+            )
+        try:
+            methods = self.interface.get_method_args(request.module)
+        except FuncException as exc:
+            return exception_reply(exc, with_traceback=False)
+        return QueryResponse(
+            [{"_schema_id": {"_package_name": "func", "_class_name": request.module}, "_methods": methods}]
+        )
+
+    # --- calls ----------------------------------------------------------------------
+
+    async def _accept_call(self, delivery: Delivery, request: MethodRequest) -> None:
+        env = delivery.envelope
+        try:
+            method = self.interface.get_dispatch_method(request.full_name)
+            method.check_arguments(request.args)
+        except FuncException as exc:  # expected refusals: no traceback to show
+            await delivery.ack()
+            reply = exception_reply(exc, with_traceback=False)
+            await self._send_reply(env.reply_to, env.correlation_id, reply, request.deadline)
+            return
+        await self._slots.acquire()
+        if request.deadline < time.time():
+            self._slots.release()
+            await self._refuse(delivery, Code.EXPIRED, "the request's deadline passed while it waited for a free slot")
+            return
+        await delivery.ack()
+        task = asyncio.get_running_loop().create_task(self._run_call(env.reply_to, env.correlation_id, request, method))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _run_call(self, reply_to: str | None, correlation_id: str | None, request: MethodRequest, method: Any) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(self._executor, lambda: method(*request.args))
+            reply: Reply = MethodResponse(result)
+        except Exception as exc:  # a module's failure is the caller's result, not ours
+            _log.info("%s failed: %s: %s", request.full_name, type(exc).__name__, exc)
+            reply = exception_reply(exc)
+        finally:
+            self._slots.release()
+        await self._send_reply(reply_to, correlation_id, reply, request.deadline)
+
+    # --- replying -------------------------------------------------------------------
+
+    def _encode_reply(self, reply: Reply, correlation_id: str | None) -> Any:
+        try:
+            return codec.encode(reply, correlation_id=correlation_id, agent=self.settings.name)
+        except (TypeError, ValueError) as exc:
+            fallback = code_reply(Code.RESULT_NOT_SERIALIZABLE, f"the method's result cannot travel: {exc}")
+            return codec.encode(fallback, correlation_id=correlation_id, agent=self.settings.name)
+
+    async def _send_reply(self, reply_to: str | None, correlation_id: str | None, reply: Reply, deadline: float) -> None:
+        if not reply_to:
+            return
+        env = self._encode_reply(reply, correlation_id)
+        give_up = (deadline or time.time()) + REPLY_GRACE
+        while True:
+            try:
+                await self.transport.reply(reply_to, env)
+                return
+            except TransportError as exc:  # includes Unroutable: the caller may be reconnecting
+                remaining = give_up - time.time()
+                if remaining <= 0:
+                    _log.warning("reply to %s dropped after its deadline: %s", reply_to, exc)
+                    return
+                _log.debug("reply to %s not delivered yet (%s); retrying", reply_to, exc)
+                if not await self.transport.wait_connected(remaining):
+                    continue
+                await asyncio.sleep(min(REPLY_RETRY_INTERVAL, max(remaining, 0)))

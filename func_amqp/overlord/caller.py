@@ -1,0 +1,195 @@
+"""The asyncio overlord: resolve a target spec, call every minion concurrently.
+
+This is the public asyncio API; :mod:`func_amqp.overlord.client` wraps it in func's
+synchronous ``Overlord``. Results are func's: ``{minion: result}``, where a failure is
+``["REMOTE_ERROR", type, message, traceback]``.
+
+    async with AsyncOverlord("web*") as ol:
+        results = await ol.call("test", "ping")
+        results = await ol.test.ping()          # the same, func-style
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from func_amqp import utils
+from func_amqp.config import OverlordConfig, Paths, resolve_broker_url
+from func_amqp.errors import Code, Func_Client_Exception, RemoteCallError, RemoteError, qualified_name
+from func_amqp.overlord.directory import MinionDirectory
+from func_amqp.overlord.groups import Groups
+from func_amqp.overlord.rpc import RpcClient
+from func_amqp.overlord.targets import resolve_spec, spec_needs_directory
+from func_amqp.protocol.messages import AgentInfo
+from func_amqp.transport import Transport, transport_for_url
+
+
+def remote_error_value(exc: RemoteCallError) -> list[Any]:
+    """func's REMOTE_ERROR list for a failed call."""
+    if isinstance(exc, RemoteError):
+        etype = exc.exception_type
+        if not etype:
+            try:
+                etype = f"{qualified_name(RemoteError)}.{Code(exc.code).name}"
+            except ValueError:
+                etype = qualified_name(RemoteError)
+        return utils.remote_error(etype, exc.text, exc.traceback)
+    return utils.remote_error(qualified_name(type(exc)), str(exc))
+
+
+def split_method_path(path: Sequence[str]) -> tuple[str, str]:
+    """func's proxy path -> (module, method): the method is the last part."""
+    if len(path) < 2:
+        raise AttributeError(
+            f"a call needs a module and a method, e.g. overlord.test.ping(); got {'.'.join(path)!r}"
+        )
+    return ".".join(path[:-1]), path[-1]
+
+
+class _AsyncMethod:
+    """``ol.module.method`` as an awaitable call target (aio-pika's Proxy shape)."""
+
+    __slots__ = ("_overlord", "_path")
+
+    def __init__(self, overlord: "AsyncOverlord", path: tuple[str, ...]) -> None:
+        self._overlord = overlord
+        self._path = path
+
+    def __getattr__(self, name: str) -> "_AsyncMethod":
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _AsyncMethod(self._overlord, self._path + (name,))
+
+    async def __call__(self, *args: Any) -> Any:
+        module, method = split_method_path(self._path)
+        return await self._overlord.call(module, method, *args)
+
+
+class AsyncOverlord:
+    """Calls func modules on the minions a spec names, all at once."""
+
+    def __init__(
+        self,
+        server_spec: str = "*",
+        *,
+        exclude_spec: str | None = None,
+        timeout: float | None = None,
+        noglobs: bool = False,
+        config_dir: str | Path | None = None,
+        config: OverlordConfig | None = None,
+        url: str | None = None,
+        transport: Transport | None = None,
+        rpc: RpcClient | None = None,
+    ) -> None:
+        self.paths = Paths.resolve(config_dir)
+        self.config = config if config is not None else OverlordConfig.load(self.paths.overlord_conf)
+        self.server_spec = server_spec
+        self.exclude_spec = exclude_spec
+        self.noglobs = noglobs
+        self.timeout = float(timeout) if timeout else self.config.default_timeout
+        if self.timeout <= 0:
+            raise Func_Client_Exception(f"the timeout must be greater than 0, got {timeout}")
+        self._transport = rpc.transport if rpc is not None else transport
+        self._owns_transport = self._transport is None
+        self._url = url
+        self._rpc: RpcClient | None = rpc
+        self._minions: list[str] | None = None
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def __aenter__(self) -> "AsyncOverlord":
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        if self._rpc is not None:
+            return
+        if self._transport is None:
+            url = self._url or resolve_broker_url(self.config.broker_url, self.paths)
+            self._transport = transport_for_url(url)
+            await self._transport.connect()
+        rpc = RpcClient(self._transport, self.config.max_message_bytes)
+        await rpc.start()
+        self._rpc = rpc
+
+    async def close(self) -> None:
+        if self._owns_transport and self._transport is not None:
+            await self._transport.close()
+            self._transport = None
+            self._rpc = None
+
+    @property
+    def rpc(self) -> RpcClient:
+        if self._rpc is None:
+            raise RuntimeError("AsyncOverlord is not connected; use 'async with' or connect()")
+        return self._rpc
+
+    # --- targets ----------------------------------------------------------------------
+
+    async def locate(self, timeout: float | None = None) -> dict[str, AgentInfo]:
+        """The minions connected now, as they describe themselves; remembered."""
+        directory = MinionDirectory.load(self.paths.minion_directory_file)
+        found = await self.rpc.locate(timeout or self.config.locate_timeout, directory.names())
+        if directory.record(found.values()):
+            directory.save()
+        return found
+
+    async def known_minions(self) -> set[str]:
+        """Remembered minions plus the ones answering now."""
+        found = await self.locate()
+        return MinionDirectory.load(self.paths.minion_directory_file).names() | found.keys()
+
+    async def minions(self) -> list[str]:
+        """The spec's minions (resolved once per overlord, as func did)."""
+        if self._minions is None:
+            groups = Groups.load(self.paths.groups_file)
+            known: set[str] = set()
+            if not self.noglobs and spec_needs_directory(self.server_spec, self.exclude_spec):
+                known = await self.known_minions()
+            self._minions = resolve_spec(self.server_spec, known, groups, self.exclude_spec)
+        if not self._minions:
+            raise Func_Client_Exception(f'Can\'t find any minions matching "{self.server_spec}".')
+        return self._minions
+
+    # --- calls ------------------------------------------------------------------------
+
+    async def call_minion(self, minion: str, module: str, method: str, args: Sequence[Any], timeout: float | None = None) -> Any:
+        """One minion's result, or its REMOTE_ERROR value."""
+        try:
+            return await self.rpc.call(minion, module, method, list(args), timeout or self.timeout)
+        except RemoteCallError as exc:
+            return remote_error_value(exc)
+
+    async def call(self, module: str, method: str, *args: Any, timeout: float | None = None) -> Any:
+        """``{minion: result}`` for every targeted minion; bare result with noglobs."""
+        targets = await self.minions()
+        results = await asyncio.gather(
+            *(self.call_minion(m, module, method, args, timeout) for m in targets)
+        )
+        by_minion = dict(zip(targets, results))
+        if self.noglobs:
+            return results[0]
+        return by_minion
+
+    async def method_args(self, module: str, timeout: float | None = None) -> dict[str, Any]:
+        """The module's registered arguments, from the first targeted minion that answers."""
+        last: RemoteCallError | None = None
+        deadline = time.time() + (timeout or self.timeout)
+        for minion in await self.minions():
+            try:
+                return await self.rpc.method_args(minion, module, max(deadline - time.time(), 0.001))
+            except RemoteCallError as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    def __getattr__(self, name: str) -> _AsyncMethod:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _AsyncMethod(self, (name,))

@@ -1,0 +1,161 @@
+"""Request/reply over a transport: correlation ids, one future per call, deadlines.
+
+One ``RpcClient`` per connection serves every call made through it, concurrently.
+Failures are raised as :mod:`func_amqp.errors` exceptions; the func-compatible layer
+above turns them into REMOTE_ERROR values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any
+
+from func_amqp.errors import (
+    Code,
+    MinionTimeout,
+    MinionUnreachable,
+    ProtocolError,
+    RemoteError,
+    Unroutable,
+)
+from func_amqp.protocol import codec
+from func_amqp.protocol.messages import (
+    AgentInfo,
+    AgentLocateRequest,
+    AgentLocateResponse,
+    ExceptionResponse,
+    MethodRequest,
+    MethodResponse,
+    QueryRequest,
+    QueryResponse,
+    QueryTarget,
+    Reply,
+    Request,
+)
+from func_amqp.transport.base import Delivery, Transport
+
+_log = logging.getLogger(__name__)
+
+LOCATE_GRACE = 0.05
+"""Seconds to keep listening after every expected minion answered a locate."""
+
+
+class RpcClient:
+    """Sends requests to minions and matches their replies."""
+
+    def __init__(self, transport: Transport, max_message_bytes: int) -> None:
+        self.transport = transport
+        self._max_bytes = max_message_bytes
+        self._pending: dict[str, asyncio.Future[Reply]] = {}
+        self._collectors: dict[str, asyncio.Queue[Reply]] = {}
+        self._reply_to: str | None = None
+
+    async def start(self) -> None:
+        self._reply_to = await self.transport.open_reply_queue(self._on_reply)
+
+    async def _on_reply(self, delivery: Delivery) -> None:
+        env = delivery.envelope
+        cid = env.correlation_id or ""
+        try:
+            reply = codec.decode(env, self._max_bytes)
+        except ProtocolError as exc:
+            _log.warning("ignored a malformed reply (correlation %r): %s", cid, exc)
+            reply = ExceptionResponse(int(exc.code), f"the minion's reply was malformed: {exc}")
+        future = self._pending.pop(cid, None)
+        if future is not None:
+            if not future.done():
+                future.set_result(reply)  # type: ignore[arg-type]
+            return
+        collector = self._collectors.get(cid)
+        if collector is not None:
+            collector.put_nowait(reply)  # type: ignore[arg-type]
+            return
+        _log.debug("reply for unknown or finished request %r ignored", cid)
+
+    # --- one request, one reply ------------------------------------------------------
+
+    async def request(self, target: str, message: Request, timeout: float) -> Reply:
+        """Send ``message`` to ``target`` and wait for its reply until ``timeout``."""
+        if self._reply_to is None:
+            raise RuntimeError("RpcClient.start() was not called")
+        cid = uuid.uuid4().hex
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[cid] = future
+        try:
+            env = codec.encode(message, correlation_id=cid, reply_to=self._reply_to)
+            try:
+                await asyncio.wait_for(self.transport.send(target, env), timeout)
+                return await asyncio.wait_for(future, max(getattr(message, "deadline", 0) - time.time(), 0))
+            except Unroutable:
+                raise MinionUnreachable(
+                    f"minion {target} is not connected to the broker (is funcd running there?)"
+                ) from None
+            except asyncio.TimeoutError:
+                raise MinionTimeout(f"minion {target} did not answer within {timeout:g} s") from None
+        finally:
+            self._pending.pop(cid, None)
+
+    async def call(self, target: str, module: str, method: str, args: list[Any], timeout: float) -> Any:
+        """``module.method(*args)`` on ``target``; the result, or a RemoteCallError."""
+        request = MethodRequest(module, method, list(args), time.time() + timeout, target)
+        return _unwrap(await self.request(target, request, timeout))
+
+    async def method_args(self, target: str, module: str, timeout: float) -> dict[str, Any]:
+        """The module's registered method arguments (func's get_method_args)."""
+        request = QueryRequest(QueryTarget.SCHEMA, module, time.time() + timeout)
+        data = _unwrap(await self.request(target, request, timeout))
+        if not data or not isinstance(data[0], dict) or not isinstance(data[0].get("_methods"), dict):
+            raise RemoteError(int(Code.BAD_REQUEST), "the minion's schema answer is malformed")
+        methods: dict[str, Any] = data[0]["_methods"]
+        return methods
+
+    async def list_modules(self, target: str, timeout: float) -> list[str]:
+        request = QueryRequest(QueryTarget.SCHEMA_ID, "", time.time() + timeout)
+        data = _unwrap(await self.request(target, request, timeout))
+        return sorted(str(item.get("_class_name")) for item in data if isinstance(item, dict))
+
+    # --- discovery --------------------------------------------------------------------
+
+    async def locate(self, timeout: float, expected: set[str] | None = None) -> dict[str, AgentInfo]:
+        """Ask every connected minion to identify itself (QMF agent locate).
+
+        Returns early once every name in ``expected`` answered, else after ``timeout``.
+        """
+        if self._reply_to is None:
+            raise RuntimeError("RpcClient.start() was not called")
+        cid = uuid.uuid4().hex
+        collector: asyncio.Queue[Reply] = asyncio.Queue()
+        self._collectors[cid] = collector
+        found: dict[str, AgentInfo] = {}
+        deadline = time.time() + timeout
+        try:
+            env = codec.encode(AgentLocateRequest(deadline), correlation_id=cid, reply_to=self._reply_to)
+            await self.transport.broadcast(env)
+            while True:
+                remaining = deadline - time.time()
+                if expected and expected <= found.keys():
+                    remaining = min(remaining, LOCATE_GRACE)
+                if remaining <= 0:
+                    break
+                try:
+                    reply = await asyncio.wait_for(collector.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+                if isinstance(reply, AgentLocateResponse) and not reply.agent.stopping:
+                    found[reply.agent.name] = reply.agent
+        finally:
+            self._collectors.pop(cid, None)
+        return found
+
+
+def _unwrap(reply: Reply) -> Any:
+    if isinstance(reply, MethodResponse):
+        return reply.result
+    if isinstance(reply, QueryResponse):
+        return reply.data
+    if isinstance(reply, ExceptionResponse):
+        raise RemoteError(reply.code, reply.text, reply.exception_type, reply.traceback)
+    raise RemoteError(int(Code.BAD_REQUEST), f"unexpected reply {type(reply).__name__}")

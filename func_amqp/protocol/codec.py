@@ -1,0 +1,322 @@
+"""Encoding messages into envelopes and back, with every check an untrusted input needs.
+
+Bodies are JSON (AMQP 0-9-1 has no map type; docs/protocol.md says why). ``bytes``
+travel as ``{"__bytes__": "<base64>"}``. Decoding never trusts the sender: size, content
+type, protocol version, opcode and body shape are all checked, and every failure is a
+:class:`ProtocolError` carrying the command-complete code to answer with.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+import uuid
+from typing import Any, Callable
+
+from func_amqp.errors import Code, ProtocolError
+from func_amqp.protocol import names
+from func_amqp.protocol.envelope import Envelope
+from func_amqp.protocol.messages import (
+    AgentHeartbeat,
+    AgentInfo,
+    AgentLocateRequest,
+    AgentLocateResponse,
+    ExceptionResponse,
+    Message,
+    MethodRequest,
+    MethodResponse,
+    Opcode,
+    QueryRequest,
+    QueryResponse,
+    QueryTarget,
+)
+
+BYTES_TAG = "__bytes__"
+OBJECT_NAME_PREFIX = "func:module:"
+MAX_NAME_LENGTH = 255
+
+
+# --- JSON with bytes ------------------------------------------------------------------
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {BYTES_TAG: base64.b64encode(bytes(value)).decode("ascii")}
+    raise TypeError(f"values of type {type(value).__name__} cannot travel")
+
+
+def _object_hook(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1 and BYTES_TAG in obj:
+        encoded = obj[BYTES_TAG]
+        if not isinstance(encoded, str):
+            raise ProtocolError("a bytes value is not a base64 string")
+        try:
+            return base64.b64decode(encoded, validate=True)
+        except binascii.Error:
+            raise ProtocolError("a bytes value is not valid base64") from None
+    return obj
+
+
+def dumps(value: Any) -> bytes:
+    """Serialize plain data; raises TypeError for values that cannot travel."""
+    return json.dumps(value, default=_default, separators=(",", ":")).encode("utf-8")
+
+
+def loads(data: bytes) -> Any:
+    try:
+        return json.loads(data.decode("utf-8"), object_hook=_object_hook)
+    except UnicodeDecodeError:
+        raise ProtocolError("the body is not UTF-8") from None
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"the body is not valid JSON: {exc}") from None
+
+
+# --- encoding ---------------------------------------------------------------------------
+
+
+def _role(opcode: Opcode) -> str:
+    if opcode in _REQUEST_OPCODES:
+        return names.ROLE_REQUEST
+    if opcode is Opcode.AGENT_HEARTBEAT:
+        return names.ROLE_INDICATION
+    return names.ROLE_RESPONSE
+
+
+def _agent_values(agent: AgentInfo) -> dict[str, Any]:
+    return {
+        "name": agent.name,
+        "version": agent.version,
+        "protocol": agent.protocol,
+        "modules": agent.modules,
+        "heartbeat_interval": agent.heartbeat_interval,
+        "started": agent.started,
+        "stopping": agent.stopping,
+    }
+
+
+def _body(message: Message) -> tuple[Opcode, Any]:
+    match message:
+        case MethodRequest():
+            return Opcode.METHOD_REQUEST, {
+                "_object_id": {"_object_name": OBJECT_NAME_PREFIX + message.module},
+                "_method_name": message.method,
+                "_arguments": {"args": message.args},
+            }
+        case MethodResponse():
+            return Opcode.METHOD_RESPONSE, {"_arguments": {"result": message.result}}
+        case ExceptionResponse():
+            return Opcode.EXCEPTION, {
+                "_values": {
+                    "error_code": message.code,
+                    "error_text": message.text,
+                    "exception_type": message.exception_type,
+                    "traceback": message.traceback,
+                }
+            }
+        case QueryRequest():
+            body: dict[str, Any] = {"_what": message.what.value}
+            if message.module:
+                body["_schema_id"] = {"_package_name": "func", "_class_name": message.module}
+            return Opcode.QUERY_REQUEST, body
+        case QueryResponse():
+            return Opcode.QUERY_RESPONSE, message.data
+        case AgentLocateRequest():
+            return Opcode.AGENT_LOCATE_REQUEST, {}
+        case AgentLocateResponse():
+            return Opcode.AGENT_LOCATE_RESPONSE, {"_values": _agent_values(message.agent)}
+        case AgentHeartbeat():
+            return Opcode.AGENT_HEARTBEAT, {"_values": _agent_values(message.agent)}
+    raise TypeError(f"not a protocol message: {message!r}")
+
+
+def _deadline(message: Message) -> float | None:
+    deadline = getattr(message, "deadline", None)
+    return deadline or None
+
+
+def encode(
+    message: Message,
+    *,
+    correlation_id: str | None = None,
+    reply_to: str | None = None,
+    agent: str | None = None,
+) -> Envelope:
+    """The envelope for ``message``; raises TypeError if its data cannot travel."""
+    opcode, body = _body(message)
+    headers: dict[str, Any] = {
+        names.H_OPCODE: opcode.value,
+        names.H_ROLE: _role(opcode),
+        names.H_PROTOCOL: names.PROTOCOL_VERSION,
+    }
+    deadline = _deadline(message)
+    if deadline is not None:
+        headers[names.H_DEADLINE] = deadline
+    if isinstance(message, MethodRequest) and message.target:
+        headers[names.H_TARGET] = message.target
+    if agent:
+        headers[names.H_AGENT] = agent
+    return Envelope(
+        body=dumps(body),
+        type=opcode.value,
+        message_id=uuid.uuid4().hex,
+        correlation_id=correlation_id,
+        reply_to=reply_to,
+        timestamp=time.time(),
+        deadline=deadline,
+        content_type=names.CONTENT_TYPE,
+        app_id=names.APP_ID,
+        headers=headers,
+    )
+
+
+# --- decoding ---------------------------------------------------------------------------
+
+
+def _require(cond: bool, what: str) -> None:
+    if not cond:
+        raise ProtocolError(f"malformed message: {what}")
+
+
+def _map(value: Any, what: str) -> dict[str, Any]:
+    _require(isinstance(value, dict), f"{what} must be a map")
+    return value
+
+
+def _name(value: Any, what: str) -> str:
+    _require(
+        isinstance(value, str) and 0 < len(value) <= MAX_NAME_LENGTH and value.isprintable(),
+        f"{what} must be a non-empty printable string of at most {MAX_NAME_LENGTH} characters",
+    )
+    return value
+
+
+def _number(value: Any, what: str) -> float:
+    _require(
+        isinstance(value, (int, float)) and not isinstance(value, bool), f"{what} must be a number"
+    )
+    return float(value)
+
+
+def _decode_method_request(body: Any, env: Envelope) -> MethodRequest:
+    body = _map(body, "the body")
+    object_name = _name(_map(body.get("_object_id"), "_object_id").get("_object_name"), "_object_name")
+    _require(object_name.startswith(OBJECT_NAME_PREFIX), f"_object_name must start with {OBJECT_NAME_PREFIX!r}")
+    module = _name(object_name[len(OBJECT_NAME_PREFIX) :], "the module name")
+    method = _name(body.get("_method_name"), "_method_name")
+    args = _map(body.get("_arguments"), "_arguments").get("args")
+    _require(isinstance(args, list), "_arguments.args must be a list")
+    _require(env.deadline is not None, f"a method request needs the {names.H_DEADLINE} header")
+    target = env.headers.get(names.H_TARGET, "")
+    return MethodRequest(module, method, args, float(env.deadline or 0), str(target))
+
+
+def _decode_exception(body: Any, env: Envelope) -> ExceptionResponse:
+    values = _map(_map(body, "the body").get("_values"), "_values")
+    code = values.get("error_code")
+    _require(isinstance(code, int) and not isinstance(code, bool), "error_code must be an integer")
+    text = values.get("error_text", "")
+    _require(isinstance(text, str), "error_text must be a string")
+    etype = values.get("exception_type", "")
+    trace = values.get("traceback", "")
+    _require(isinstance(etype, str) and isinstance(trace, str), "exception details must be strings")
+    return ExceptionResponse(code, text, etype, trace)
+
+
+def _decode_query_request(body: Any, env: Envelope) -> QueryRequest:
+    body = _map(body, "the body")
+    try:
+        what = QueryTarget(body.get("_what"))
+    except ValueError:
+        raise ProtocolError(f"unknown query target {body.get('_what')!r}") from None
+    module = ""
+    if what is QueryTarget.SCHEMA:
+        schema = _map(body.get("_schema_id"), "_schema_id")
+        module = _name(schema.get("_class_name"), "_schema_id._class_name")
+    return QueryRequest(what, module, env.deadline or 0.0)
+
+
+def _decode_agent(body: Any, env: Envelope) -> AgentInfo:
+    values = _map(_map(body, "the body").get("_values"), "_values")
+    name = _name(values.get("name"), "the agent name")
+    modules = values.get("modules", [])
+    _require(isinstance(modules, list) and all(isinstance(m, str) for m in modules), "modules must be a list of names")
+    version = values.get("version", "")
+    _require(isinstance(version, str), "version must be a string")
+    protocol = values.get("protocol", 0)
+    _require(isinstance(protocol, int), "protocol must be an integer")
+    return AgentInfo(
+        name=name,
+        version=version,
+        protocol=protocol,
+        modules=modules,
+        heartbeat_interval=_number(values.get("heartbeat_interval", 0), "heartbeat_interval"),
+        started=_number(values.get("started", 0), "started"),
+        stopping=bool(values.get("stopping", False)),
+    )
+
+
+def _decode_query_response(body: Any, env: Envelope) -> QueryResponse:
+    _require(isinstance(body, list), "a query response body must be a list")
+    return QueryResponse(body)
+
+
+_DECODERS: dict[Opcode, Callable[[Any, Envelope], Message]] = {
+    Opcode.METHOD_REQUEST: _decode_method_request,
+    Opcode.METHOD_RESPONSE: lambda body, env: MethodResponse(
+        _map(_map(body, "the body").get("_arguments"), "_arguments").get("result")
+    ),
+    Opcode.EXCEPTION: _decode_exception,
+    Opcode.QUERY_REQUEST: _decode_query_request,
+    Opcode.QUERY_RESPONSE: _decode_query_response,
+    Opcode.AGENT_LOCATE_REQUEST: lambda body, env: AgentLocateRequest(env.deadline or 0.0),
+    Opcode.AGENT_LOCATE_RESPONSE: lambda body, env: AgentLocateResponse(_decode_agent(body, env)),
+    Opcode.AGENT_HEARTBEAT: lambda body, env: AgentHeartbeat(_decode_agent(body, env)),
+}
+
+_REQUEST_OPCODES = frozenset(
+    {Opcode.METHOD_REQUEST, Opcode.QUERY_REQUEST, Opcode.AGENT_LOCATE_REQUEST}
+)
+
+
+def opcode_of(env: Envelope) -> Opcode:
+    """The envelope's opcode; raises ProtocolError(UNKNOWN_OPCODE) for others."""
+    raw = env.headers.get(names.H_OPCODE) or env.type
+    try:
+        return Opcode(raw)
+    except ValueError:
+        raise ProtocolError(f"unknown opcode {raw!r}", Code.UNKNOWN_OPCODE) from None
+
+
+def check_envelope(env: Envelope, max_bytes: int) -> Opcode:
+    """Checks that need no body parsing: size, content type, version, opcode."""
+    if len(env.body) > max_bytes:
+        raise ProtocolError(
+            f"the message is {len(env.body)} bytes, more than the {max_bytes} accepted",
+            Code.MESSAGE_TOO_LARGE,
+        )
+    if env.content_type not in (None, "", names.CONTENT_TYPE):
+        raise ProtocolError(f"unsupported content type {env.content_type!r}, expected {names.CONTENT_TYPE}")
+    version = env.headers.get(names.H_PROTOCOL)
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+        raise ProtocolError(f"the {names.H_PROTOCOL} header must be an integer")
+    if version is not None and version != names.PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"protocol version {version} is not supported (this peer speaks {names.PROTOCOL_VERSION})",
+            Code.UNSUPPORTED_VERSION,
+        )
+    deadline = env.headers.get(names.H_DEADLINE)
+    if deadline is not None:
+        env.deadline = _number(deadline, f"the {names.H_DEADLINE} header")
+    return opcode_of(env)
+
+
+def decode(env: Envelope, max_bytes: int) -> Message:
+    """The message in ``env``; raises ProtocolError with the code to answer with."""
+    opcode = check_envelope(env, max_bytes)
+    return _DECODERS[opcode](loads(env.body), env)
+
+
+def is_request(opcode: Opcode) -> bool:
+    return opcode in _REQUEST_OPCODES

@@ -1,0 +1,102 @@
+"""The protocol's message kinds as plain data, named after QMF v2's opcodes."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Opcode(str, enum.Enum):
+    """``qmf.opcode`` values this protocol uses (QMF v2 names; docs/protocol.md)."""
+
+    METHOD_REQUEST = "_method_request"
+    METHOD_RESPONSE = "_method_response"
+    EXCEPTION = "_exception"
+    QUERY_REQUEST = "_query_request"
+    QUERY_RESPONSE = "_query_response"
+    AGENT_LOCATE_REQUEST = "_agent_locate_request"
+    AGENT_LOCATE_RESPONSE = "_agent_locate_response"
+    AGENT_HEARTBEAT = "_agent_heartbeat_indication"
+
+
+class QueryTarget(str, enum.Enum):
+    """What a ``_query_request`` asks for (QMF's ``_what``)."""
+
+    SCHEMA_ID = "SCHEMA_ID"  # the module names: func's list_modules
+    SCHEMA = "SCHEMA"  # one module's methods and arguments: func's get_method_args
+
+
+@dataclass(frozen=True)
+class MethodRequest:
+    """Call ``module.method(*args)`` on the target minion before ``deadline``."""
+
+    module: str
+    method: str
+    args: list[Any]
+    deadline: float
+    target: str = ""
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.module}.{self.method}"
+
+
+@dataclass(frozen=True)
+class MethodResponse:
+    result: Any
+
+
+@dataclass(frozen=True)
+class ExceptionResponse:
+    """QMF's ``_exception``: the command-complete code and text, plus func's details."""
+
+    code: int
+    text: str
+    exception_type: str = ""
+    traceback: str = ""
+
+
+@dataclass(frozen=True)
+class QueryRequest:
+    what: QueryTarget
+    module: str = ""
+    deadline: float = 0.0
+
+
+@dataclass(frozen=True)
+class QueryResponse:
+    data: list[Any]
+
+
+@dataclass(frozen=True)
+class AgentLocateRequest:
+    deadline: float = 0.0
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    """What a minion says of itself in locate responses and heartbeats."""
+
+    name: str
+    version: str
+    protocol: int
+    modules: list[str] = field(default_factory=list)
+    heartbeat_interval: float = 0.0
+    started: float = 0.0
+    stopping: bool = False
+
+
+@dataclass(frozen=True)
+class AgentLocateResponse:
+    agent: AgentInfo
+
+
+@dataclass(frozen=True)
+class AgentHeartbeat:
+    agent: AgentInfo
+
+
+Request = MethodRequest | QueryRequest | AgentLocateRequest
+Reply = MethodResponse | ExceptionResponse | QueryResponse | AgentLocateResponse
+Message = Request | Reply | AgentHeartbeat

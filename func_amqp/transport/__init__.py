@@ -1,0 +1,30 @@
+"""Broker transports behind one seam (base.Transport), chosen by URL scheme."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from func_amqp.errors import ConfigError
+from func_amqp.transport.base import Delivery, Handler, Transport
+
+AMQP091_SCHEMES = ("amqp", "amqps")
+MEMORY_SCHEME = "memory"
+
+
+def transport_for_url(url: str) -> Transport:
+    """The transport that speaks ``url``'s scheme; ConfigError for anything else."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme in AMQP091_SCHEMES:
+        from func_amqp.transport.amqp091 import Amqp091Transport
+
+        return Amqp091Transport(url)
+    if scheme == MEMORY_SCHEME:
+        from func_amqp.transport.memory import MemoryTransport
+
+        return MemoryTransport(url)
+    raise ConfigError(
+        f"unsupported broker URL {url!r}: use amqp://HOST:PORT/ or amqps://HOST:PORT/"
+    )
+
+
+__all__ = ["Delivery", "Handler", "Transport", "transport_for_url"]

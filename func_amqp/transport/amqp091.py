@@ -1,0 +1,300 @@
+"""AMQP 0-9-1 transport on aio-pika's robust connection (RabbitMQ).
+
+Mapping (docs/protocol.md): a minion consumes an exclusive queue ``func.minion.<name>``
+bound to the direct exchange ``func.minions`` under its name and to the fanout
+``func.broadcast``. Exclusivity means a stopped or crashed minion has no queue, so a
+request to it comes straight back (``mandatory`` + publisher confirms) instead of
+waiting for a timeout, and a second minion of the same name is refused. Replies go
+through the default exchange to the caller's exclusive ``func.reply.<id>`` queue.
+Rejected requests are dead-lettered to ``func.dead-letters``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator
+
+import aio_pika
+import aiormq
+from aio_pika.abc import (
+    AbstractIncomingMessage,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+    AbstractRobustExchange,
+    AbstractRobustQueue,
+)
+from func_amqp.errors import BrokerUnreachable, TransportError, Unroutable
+from func_amqp.protocol import names
+from func_amqp.protocol.envelope import Envelope, HeaderValue
+from func_amqp.transport.base import Handler, Transport, masked_url
+
+_log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 5.0
+RECONNECT_INTERVAL = 1.0
+MIN_EXPIRATION = 0.001  # seconds; AMQP expiration 0 means "deliver now or drop"
+
+# Failures that mean "the connection or channel is not usable right now".
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    aiormq.exceptions.ChannelClosed,
+    ConnectionError,
+    asyncio.TimeoutError,
+    RuntimeError,  # aio-pika: "Channel closed by RPC timeout" and friends
+)
+
+
+def _to_amqp(env: Envelope) -> aio_pika.Message:
+    expiration: float | None = None
+    if env.deadline is not None:
+        expiration = max(env.deadline - time.time(), MIN_EXPIRATION)
+    return aio_pika.Message(
+        body=env.body,
+        content_type=env.content_type,
+        content_encoding=names.CONTENT_ENCODING,
+        headers=dict(env.headers),
+        delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+        message_id=env.message_id,
+        correlation_id=env.correlation_id,
+        reply_to=env.reply_to,
+        timestamp=datetime.fromtimestamp(env.timestamp, timezone.utc) if env.timestamp else None,
+        type=env.type or None,
+        app_id=env.app_id,
+        expiration=expiration,
+    )
+
+
+def _header_value(value: Any) -> HeaderValue | None:
+    if isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return None  # nested tables, arrays, timestamps: not part of the protocol
+
+
+def _to_envelope(msg: AbstractIncomingMessage) -> Envelope:
+    headers: dict[str, HeaderValue] = {}
+    for key, value in (msg.headers or {}).items():
+        converted = _header_value(value)
+        if converted is not None:
+            headers[str(key)] = converted
+    ts = msg.timestamp
+    return Envelope(
+        body=msg.body,
+        type=msg.type or "",
+        message_id=msg.message_id,
+        correlation_id=msg.correlation_id,
+        reply_to=msg.reply_to,
+        timestamp=ts.timestamp() if isinstance(ts, datetime) else None,
+        content_type=msg.content_type,
+        app_id=msg.app_id,
+        headers=headers,
+    )
+
+
+class _Delivery:
+    """Settles one AMQP delivery; settling twice or after a reconnect is harmless."""
+
+    __slots__ = ("envelope", "_message")
+
+    def __init__(self, message: AbstractIncomingMessage) -> None:
+        self.envelope = _to_envelope(message)
+        self._message = message
+
+    async def ack(self) -> None:
+        with contextlib.suppress(*CONNECTION_ERRORS, aio_pika.exceptions.MessageProcessError):
+            await self._message.ack()
+
+    async def reject(self) -> None:
+        with contextlib.suppress(*CONNECTION_ERRORS, aio_pika.exceptions.MessageProcessError):
+            await self._message.reject(requeue=False)
+
+
+class _AutoAcked:
+    """A delivery consumed with no_ack: nothing to settle."""
+
+    __slots__ = ("envelope",)
+
+    def __init__(self, message: AbstractIncomingMessage) -> None:
+        self.envelope = _to_envelope(message)
+
+    async def ack(self) -> None:
+        return None
+
+    async def reject(self) -> None:
+        return None
+
+
+class Amqp091Transport(Transport):
+    """The transport for ``amqp://`` and ``amqps://`` URLs."""
+
+    def __init__(self, url: str, *, connect_timeout: float = CONNECT_TIMEOUT) -> None:
+        self.url = url
+        self._connect_timeout = connect_timeout
+        self._connection: AbstractRobustConnection | None = None
+        self._publish: AbstractRobustChannel | None = None
+        self._consume: AbstractRobustChannel | None = None
+        self._minions: AbstractRobustExchange | None = None
+        self._broadcast: AbstractRobustExchange | None = None
+        self._events: AbstractRobustExchange | None = None
+        self._minion_queue: AbstractRobustQueue | None = None
+        self._minion_tag: str | None = None
+
+    # --- connection -----------------------------------------------------------------
+
+    async def connect(self) -> None:
+        try:
+            self._connection = await aio_pika.connect_robust(
+                self.url,
+                timeout=self._connect_timeout,
+                reconnect_interval=RECONNECT_INTERVAL,
+                client_properties={"connection_name": "func-amqp"},
+            )
+        except (*CONNECTION_ERRORS, OSError, ValueError) as exc:
+            raise BrokerUnreachable(masked_url(self.url), str(exc) or type(exc).__name__) from exc
+        try:
+            self._publish = await self._connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+            self._consume = await self._connection.channel(publisher_confirms=False)
+            self._minions = await self._publish.declare_exchange(
+                names.MINIONS_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
+            )
+            self._broadcast = await self._publish.declare_exchange(
+                names.BROADCAST_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
+            )
+            self._events = await self._publish.declare_exchange(
+                names.EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+        except CONNECTION_ERRORS as exc:
+            await self.close()
+            raise TransportError(f"cannot set up the broker topology at {masked_url(self.url)}: {exc}") from exc
+
+    async def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await connection.close()
+
+    @property
+    def is_connected(self) -> bool:
+        conn = self._connection
+        return conn is not None and not conn.is_closed and conn.connected.is_set()
+
+    async def wait_connected(self, timeout: float) -> bool:
+        conn = self._connection
+        if conn is None:
+            return False
+        try:
+            await asyncio.wait_for(conn.connected.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def _require(self) -> tuple[AbstractRobustChannel, AbstractRobustChannel]:
+        if self._publish is None or self._consume is None:
+            raise TransportError("the transport is not connected; call connect() first")
+        return self._publish, self._consume
+
+    @contextlib.asynccontextmanager
+    async def _mapped(self, what: str) -> AsyncIterator[None]:
+        """Map the client library's failures onto ours, httpx-style."""
+        try:
+            yield
+        except aiormq.exceptions.PublishError as exc:
+            raise Unroutable(f"{what}: no queue is bound at that address") from exc
+        except CONNECTION_ERRORS as exc:
+            raise TransportError(f"{what}: the broker connection is not usable ({exc!r})") from exc
+
+    async def _publish_to(
+        self, exchange: AbstractRobustExchange | None, key: str, env: Envelope, what: str, mandatory: bool
+    ) -> None:
+        publish, _ = self._require()
+        target = exchange or publish.default_exchange
+        async with self._mapped(what):
+            await target.publish(_to_amqp(env), routing_key=key, mandatory=mandatory)
+
+    # --- minion side ---------------------------------------------------------------
+
+    async def serve_minion(self, name: str, handler: Handler, *, prefetch: int) -> None:
+        publish, consume = self._require()
+        async with self._mapped(f"cannot serve as minion {name!r}"):
+            dlx = await publish.declare_exchange(
+                names.DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
+            )
+            dead = await publish.declare_queue(
+                names.DEAD_LETTER_QUEUE,
+                durable=True,
+                arguments={"x-max-length": names.DEAD_LETTER_MAX_LENGTH, "x-overflow": "drop-head"},
+            )
+            await dead.bind(dlx)
+            await consume.set_qos(prefetch_count=prefetch)
+            try:
+                queue = await consume.declare_queue(
+                    names.minion_queue(name),
+                    exclusive=True,
+                    arguments={"x-dead-letter-exchange": names.DEAD_LETTER_EXCHANGE},
+                )
+            except aiormq.exceptions.ResourceLocked as exc:
+                raise TransportError(
+                    f"a minion named {name!r} is already connected to the broker; "
+                    "give this one another name (--name or minion_name)"
+                ) from exc
+            await queue.bind(names.MINIONS_EXCHANGE, routing_key=name)
+            await queue.bind(names.BROADCAST_EXCHANGE)
+
+            async def on_message(message: AbstractIncomingMessage) -> None:
+                await handler(_Delivery(message))
+
+            self._minion_tag = await queue.consume(on_message)
+            self._minion_queue = queue
+
+    async def stop_serving(self) -> None:
+        queue, tag = self._minion_queue, self._minion_tag
+        self._minion_queue = self._minion_tag = None
+        if queue is not None and tag is not None:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await queue.cancel(tag)
+
+    async def reply(self, reply_to: str, envelope: Envelope) -> None:
+        await self._publish_to(None, reply_to, envelope, f"cannot reply to {reply_to!r}", True)
+
+    async def publish_event(self, key: str, envelope: Envelope) -> None:
+        await self._publish_to(self._events, key, envelope, "cannot publish an event", False)
+
+    # --- overlord side -------------------------------------------------------------
+
+    async def open_reply_queue(self, handler: Handler) -> str:
+        _, consume = self._require()
+        name = names.REPLY_QUEUE_PREFIX + uuid.uuid4().hex
+        async with self._mapped("cannot open a reply queue"):
+            queue = await consume.declare_queue(name, exclusive=True, auto_delete=True)
+
+            async def on_message(message: AbstractIncomingMessage) -> None:
+                await handler(_AutoAcked(message))
+
+            await queue.consume(on_message, no_ack=True)
+        return name
+
+    async def send(self, target: str, envelope: Envelope) -> None:
+        await self._publish_to(self._minions, target, envelope, f"minion {target!r} is not connected", True)
+
+    async def broadcast(self, envelope: Envelope) -> None:
+        await self._publish_to(self._broadcast, "", envelope, "cannot broadcast", False)
+
+    async def subscribe_events(self, pattern: str, handler: Handler) -> None:
+        _, consume = self._require()
+        async with self._mapped("cannot subscribe to events"):
+            queue = await consume.declare_queue(exclusive=True, auto_delete=True)
+            await queue.bind(names.EVENTS_EXCHANGE, routing_key=pattern)
+
+            async def on_message(message: AbstractIncomingMessage) -> None:
+                await handler(_AutoAcked(message))
+
+            await queue.consume(on_message, no_ack=True)

@@ -1,0 +1,114 @@
+"""The transport seam: what minions and overlords need from a broker, and nothing more.
+
+A transport moves :class:`Envelope` objects between named parties. It is the only layer
+that knows the broker's client library; above it nobody sees a channel, a link or a
+delivery tag. Failures are mapped at this boundary onto :mod:`func_amqp.errors`.
+
+Lifecycle: ``connect()`` once (raises BrokerUnreachable fast when the broker is not
+there), then the serve/send calls, then ``close()``. After a broker restart a transport
+reconnects by itself and restores its queues and consumers; sends made while it is
+disconnected raise TransportError, and ``wait_connected()`` lets a caller retry.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Awaitable, Callable, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from func_amqp.protocol.envelope import Envelope
+
+
+class Delivery(Protocol):
+    """A received message; minion requests must be settled with ack() or reject()."""
+
+    envelope: Envelope
+
+    async def ack(self) -> None: ...
+
+    async def reject(self) -> None:
+        """Refuse the message for good: it goes to the dead-letter queue."""
+
+
+def masked_url(url: str) -> str:
+    """The URL without its password, for messages a user sees."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username or ''}:***@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+
+
+class Transport(abc.ABC):
+    """Base of broker transports (AMQP 0-9-1 now; AMQP 1.0 later, same contract)."""
+
+    url: str
+
+    async def __aenter__(self) -> "Transport":
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Connect, or raise BrokerUnreachable within the connect timeout."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close the connection; pending sends fail, consumers stop."""
+
+    @property
+    @abc.abstractmethod
+    def is_connected(self) -> bool: ...
+
+    @abc.abstractmethod
+    async def wait_connected(self, timeout: float) -> bool:
+        """Wait until connected (after a broker restart); False on timeout."""
+
+    # --- minion side ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def serve_minion(self, name: str, handler: Handler, *, prefetch: int) -> None:
+        """Claim the minion's request queue and deliver its requests to ``handler``.
+
+        Raises TransportError if another minion of that name is already connected.
+        At most ``prefetch`` deliveries are unsettled at once.
+        """
+
+    @abc.abstractmethod
+    async def stop_serving(self) -> None:
+        """Stop taking new requests (for a graceful shutdown); settled ones stay."""
+
+    @abc.abstractmethod
+    async def reply(self, reply_to: str, envelope: Envelope) -> None:
+        """Send a response; raises Unroutable when the reply address is gone."""
+
+    @abc.abstractmethod
+    async def publish_event(self, key: str, envelope: Envelope) -> None:
+        """Publish an unsolicited indication (heartbeat) under ``key``."""
+
+    # --- overlord side -------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def open_reply_queue(self, handler: Handler) -> str:
+        """Create this client's reply address; replies arrive at ``handler``."""
+
+    @abc.abstractmethod
+    async def send(self, target: str, envelope: Envelope) -> None:
+        """Send a request to minion ``target``; raises Unroutable if none is connected."""
+
+    @abc.abstractmethod
+    async def broadcast(self, envelope: Envelope) -> None:
+        """Send a request to every connected minion."""
+
+    @abc.abstractmethod
+    async def subscribe_events(self, pattern: str, handler: Handler) -> None:
+        """Receive indications whose key matches ``pattern`` (``*``/``#`` wildcards)."""

@@ -1,0 +1,140 @@
+"""Shared fixtures: a private RabbitMQ node for the session, minions per test.
+
+Every process a fixture starts is stopped by that fixture, also when the test fails.
+Tests isolate themselves on the shared node by giving their minions a unique prefix
+and targeting ``<prefix>*``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from func_amqp.config import ENV_BROKER_URL, ENV_CONFIG_DIR, ENV_STATE_DIR
+from tests.broker_support import running_broker
+
+MINION_READY_TIMEOUT = 30.0
+MINION_STOP_TIMEOUT = 15.0
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """One private RabbitMQ node for the whole test session."""
+    state = tmp_path_factory.mktemp("broker-state")
+    with running_broker(state) as node:
+        yield node
+
+
+@pytest.fixture
+def broker_url(broker: object) -> str:
+    url = broker.url  # type: ignore[attr-defined]
+    assert url, "the session broker is not running"
+    return str(url)
+
+
+@pytest.fixture
+def func_env(tmp_path: Path, broker_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Per-test config and state directories, pointed at the session broker."""
+    conf = tmp_path / "conf"
+    state = tmp_path / "state"
+    conf.mkdir()
+    state.mkdir()
+    values = {ENV_BROKER_URL: broker_url, ENV_CONFIG_DIR: str(conf), ENV_STATE_DIR: str(state)}
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    return values
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A unique minion-name prefix for this test."""
+    return "t" + uuid.uuid4().hex[:8]
+
+
+class MinionProcess:
+    """A funcd started as a real process."""
+
+    def __init__(self, name: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+        self.name = name
+        self.proc = proc
+        self.log = log
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(MINION_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(MINION_STOP_TIMEOUT)
+        return self.proc.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+class MinionFactory:
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        self.env = {**os.environ, **env}
+        self.workdir = workdir
+        self.started: list[MinionProcess] = []
+
+    def start(self, name: str, *, conf: str = "", wait: bool = True) -> MinionProcess:
+        confdir = self.workdir / f"conf-{name}"
+        confdir.mkdir(exist_ok=True)
+        (confdir / "minion.conf").write_text("[main]\nheartbeat_interval = 5\n" + conf)
+        log = self.workdir / f"{name}.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "func_amqp.cli.funcd", "--name", name, "-c", str(confdir), "--log-level", "DEBUG"],
+            env=self.env,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        minion = MinionProcess(name, proc, log)
+        self.started.append(minion)
+        if wait:
+            self.wait_ready(minion)
+        return minion
+
+    def wait_ready(self, minion: MinionProcess) -> None:
+        deadline = time.time() + MINION_READY_TIMEOUT
+        while time.time() < deadline:
+            if minion.proc.poll() is not None:
+                raise AssertionError(f"funcd {minion.name} exited {minion.proc.returncode}:\n{minion.output()}")
+            if "serving" in minion.output():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"funcd {minion.name} not ready in {MINION_READY_TIMEOUT}s:\n{minion.output()}")
+
+    def stop_all(self) -> None:
+        for minion in self.started:
+            minion.stop()
+
+
+@pytest.fixture
+def minions(func_env: dict[str, str], tmp_path: Path) -> Iterator[MinionFactory]:
+    """Start funcd processes; all are stopped at the end of the test."""
+    factory = MinionFactory(func_env, tmp_path)
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
+
+
+def run_cli(*argv: str, env: dict[str, str] | None = None, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Run a console script module as a user would, capturing its output."""
+    return subprocess.run(
+        [sys.executable, "-m", *argv],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
