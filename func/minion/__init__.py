@@ -1,1 +1,1 @@
-"""minion."""
+"""func.minion: the module API and func's exception codes."""

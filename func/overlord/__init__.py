@@ -1,1 +1,1 @@
-"""overlord."""
+"""func.overlord: the overlord API."""

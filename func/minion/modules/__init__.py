@@ -1,1 +1,1 @@
-"""modules."""
+"""func.minion.modules: where func modules import their base class from."""
