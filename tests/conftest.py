@@ -25,6 +25,20 @@ MINION_READY_TIMEOUT = 30.0
 MINION_STOP_TIMEOUT = 15.0
 
 
+@pytest.fixture(autouse=True)
+def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """No test reads or writes the machine's real config or state directories."""
+    conf = tmp_path / "conf"
+    state = tmp_path / "state"
+    conf.mkdir()
+    state.mkdir()
+    values = {ENV_CONFIG_DIR: str(conf), ENV_STATE_DIR: str(state)}
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv(ENV_BROKER_URL, raising=False)
+    return values
+
+
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """One private RabbitMQ node for the whole test session."""
@@ -41,16 +55,10 @@ def broker_url(broker: object) -> str:
 
 
 @pytest.fixture
-def func_env(tmp_path: Path, broker_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Per-test config and state directories, pointed at the session broker."""
-    conf = tmp_path / "conf"
-    state = tmp_path / "state"
-    conf.mkdir()
-    state.mkdir()
-    values = {ENV_BROKER_URL: broker_url, ENV_CONFIG_DIR: str(conf), ENV_STATE_DIR: str(state)}
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    return values
+def func_env(isolated_dirs: dict[str, str], broker_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The per-test directories, pointed at the session broker."""
+    monkeypatch.setenv(ENV_BROKER_URL, broker_url)
+    return {**isolated_dirs, ENV_BROKER_URL: broker_url}
 
 
 @pytest.fixture

@@ -69,7 +69,11 @@ class _AsyncMethod:
 
 
 class AsyncOverlord:
-    """Calls func modules on the minions a spec names, all at once."""
+    """Calls func modules on the minions a spec names, all at once.
+
+    By default it connects to the configured broker itself. ``transport`` (already
+    connected) or ``rpc`` share an existing connection instead; the caller closes it.
+    """
 
     def __init__(
         self,

@@ -1,0 +1,270 @@
+"""The minion service and the overlord core over the in-memory transport."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from typing import AsyncIterator
+
+import pytest
+
+from func_amqp import utils
+from func_amqp.config import OverlordConfig
+from func_amqp.errors import Code
+from func_amqp.minion.loader import load_modules
+from func_amqp.minion.modules.func_module import FuncModule
+from func_amqp.minion.server import AmqpInterface
+from func_amqp.minion.service import MinionService, ServiceSettings
+from func_amqp.overlord.caller import AsyncOverlord
+from func_amqp.protocol import codec, names
+from func_amqp.protocol.envelope import Envelope
+from func_amqp.protocol.messages import ExceptionResponse, MethodRequest, MethodResponse
+from func_amqp.transport.base import Delivery
+from func_amqp.transport.memory import MemoryTransport, hub
+
+CONCURRENCY = 4
+CALLED: list[str] = []
+BARRIER = threading.Barrier(CONCURRENCY, timeout=10)
+
+
+class Probe(FuncModule):
+    """Methods whose effects the tests can observe."""
+
+    def record(self, tag: str) -> str:
+        CALLED.append(tag)
+        return tag
+
+    def meet(self) -> bool:
+        """Returns only when CONCURRENCY calls are inside at once."""
+        BARRIER.wait()
+        return True
+
+    def unserializable(self) -> object:
+        return {1, 2}
+
+    def slow(self, seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+
+@pytest.fixture
+def url() -> str:
+    return f"memory://{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+async def minion(url: str) -> AsyncIterator[MinionService]:
+    CALLED.clear()
+    BARRIER.reset()
+    transport = MemoryTransport(url)
+    await transport.connect()
+    modules = dict(load_modules())
+    modules["probe"] = Probe()
+    service = MinionService(
+        transport,
+        AmqpInterface(modules),
+        ServiceSettings("m1", max_concurrent_calls=CONCURRENCY, heartbeat_interval=60, max_message_bytes=4096),
+    )
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop(grace=5)
+        await transport.close()
+
+
+@pytest.fixture
+async def overlord(url: str, minion: MinionService, tmp_path) -> AsyncIterator[AsyncOverlord]:
+    transport = MemoryTransport(url)
+    await transport.connect()
+    async with AsyncOverlord("m1", transport=transport, config=OverlordConfig(call_timeout=10), config_dir=tmp_path) as ol:
+        yield ol
+    await transport.close()
+
+
+class RawClient:
+    """Sends hand-made envelopes and collects what comes back."""
+
+    def __init__(self, url: str) -> None:
+        self.transport = MemoryTransport(url)
+        self.replies: asyncio.Queue[Envelope] = asyncio.Queue()
+        self.reply_to = ""
+
+    async def start(self) -> "RawClient":
+        await self.transport.connect()
+
+        async def on_reply(delivery: Delivery) -> None:
+            await self.replies.put(delivery.envelope)
+
+        self.reply_to = await self.transport.open_reply_queue(on_reply)
+        return self
+
+    async def send(self, env: Envelope, target: str = "m1") -> None:
+        await self.transport.send(target, env)
+
+    async def reply(self, timeout: float = 5) -> Envelope:
+        return await asyncio.wait_for(self.replies.get(), timeout)
+
+
+@pytest.fixture
+async def raw(url: str, minion: MinionService) -> AsyncIterator[RawClient]:
+    client = await RawClient(url).start()
+    yield client
+    await client.transport.close()
+
+
+def request_env(raw: RawClient, module: str, method: str, args: list, deadline: float | None = None) -> Envelope:
+    msg = MethodRequest(module, method, args, deadline or time.time() + 10, "m1")
+    return codec.encode(msg, correlation_id="c1", reply_to=raw.reply_to)
+
+
+def error_code(env: Envelope) -> int:
+    reply = codec.decode(env, 1 << 20)
+    assert isinstance(reply, ExceptionResponse), reply
+    return reply.code
+
+
+# --- calls ------------------------------------------------------------------------------
+
+
+async def test_results_and_errors(overlord: AsyncOverlord) -> None:
+    assert await overlord.test.ping() == {"m1": 1}
+    assert await overlord.test.add(1, 2) == {"m1": 3}
+    assert await overlord.test.bigint() == {"m1": 2**32}
+    assert await overlord.test.echo([1, (2, 3), {"a": b"\x00"}]) == {"m1": [1, [2, 3], {"a": b"\x00"}]}
+    err = (await overlord.test.explode())["m1"]
+    assert utils.is_error(err)
+    assert err[1] == "builtins.Exception" and err[2] == "khhhhhhaaaaaan!!!!!!"
+    assert "modules/test.py" in err[3] and "service.py" not in err[3]
+
+
+async def test_unknown_module_and_method(overlord: AsyncOverlord) -> None:
+    err = (await overlord.call("nosuch", "ping"))["m1"]
+    assert err[1] == "func_amqp.errors.ModuleNotFoundException"
+    err = (await overlord.call("test", "nosuch"))["m1"]
+    assert err[1] == "func_amqp.errors.InvalidMethodException"
+
+
+async def test_bad_arguments_refused_before_running(overlord: AsyncOverlord) -> None:
+    err = (await overlord.call("probe", "record"))["m1"]
+    assert err[1] == "func_amqp.errors.ArgumentError"
+    assert "record" in err[2]
+    assert CALLED == []
+
+
+async def test_calls_run_concurrently(overlord: AsyncOverlord) -> None:
+    results = await asyncio.gather(*(overlord.probe.meet() for _ in range(CONCURRENCY)))
+    assert results == [{"m1": True}] * CONCURRENCY
+
+
+async def test_unserializable_result(overlord: AsyncOverlord) -> None:
+    err = (await overlord.probe.unserializable())["m1"]
+    assert utils.is_error(err)
+    assert "RESULT_NOT_SERIALIZABLE" in err[1]
+
+
+async def test_timeout_returns_on_time(overlord: AsyncOverlord) -> None:
+    start = time.monotonic()
+    err = await overlord.call("probe", "slow", 3, timeout=0.5)
+    elapsed = time.monotonic() - start
+    assert err["m1"][1] == "func_amqp.errors.MinionTimeout"
+    assert elapsed < 2.5
+
+
+async def test_unknown_minion_fails_fast(url: str, minion: MinionService, tmp_path) -> None:
+    transport = MemoryTransport(url)
+    await transport.connect()
+    async with AsyncOverlord("m1;ghost", transport=transport, config=OverlordConfig(), config_dir=tmp_path) as ol:
+        results = await ol.test.ping()
+    await transport.close()
+    assert results["m1"] == 1
+    assert results["ghost"][1] == "func_amqp.errors.MinionUnreachable"
+
+
+async def test_introspection(overlord: AsyncOverlord) -> None:
+    assert "add" in (await overlord.method_args("test"))
+    modules = await overlord.rpc.list_modules("m1", 5)
+    assert {"test", "command", "probe"} <= set(modules)
+    assert (await overlord.call("system", "list_modules"))["m1"] == modules
+
+
+async def test_locate_and_directory(overlord: AsyncOverlord) -> None:
+    found = await overlord.locate(0.5)
+    assert set(found) == {"m1"}
+    assert found["m1"].protocol == names.PROTOCOL_VERSION
+    assert "m1" in await overlord.known_minions()
+
+
+# --- untrusted input ----------------------------------------------------------------------
+
+
+async def test_expired_request_is_not_started(raw: RawClient) -> None:
+    await raw.send(request_env(raw, "probe", "record", ["late"], deadline=time.time() - 1))
+    # the twin drops it like a TTL would; a deadline between queue and start is refused
+    with pytest.raises(asyncio.TimeoutError):
+        await raw.reply(timeout=0.3)
+    assert CALLED == []
+
+
+async def test_expired_header_is_answered(raw: RawClient, minion: MinionService) -> None:
+    env = request_env(raw, "probe", "record", ["late"])
+    env.headers[names.H_DEADLINE] = time.time() - 1
+    env.deadline = None  # the queue does not drop it; the minion must
+    await raw.send(env)
+    assert error_code(await raw.reply()) == Code.EXPIRED
+    assert CALLED == []
+
+
+@pytest.mark.parametrize(
+    ("mutate", "code"),
+    [
+        (lambda e: setattr(e, "body", b"\xff\xfe"), Code.BAD_REQUEST),
+        (lambda e: setattr(e, "body", b"{not json"), Code.BAD_REQUEST),
+        (lambda e: setattr(e, "body", b"[]"), Code.BAD_REQUEST),
+        (lambda e: setattr(e, "body", b"x" * 5000), Code.MESSAGE_TOO_LARGE),
+        (lambda e: e.headers.update({names.H_OPCODE: "_bogus"}), Code.UNKNOWN_OPCODE),
+        (lambda e: e.headers.update({names.H_OPCODE: "_method_response"}), Code.UNKNOWN_OPCODE),
+        (lambda e: e.headers.update({names.H_PROTOCOL: 99}), Code.UNSUPPORTED_VERSION),
+        (lambda e: setattr(e, "content_type", "application/x-pickle"), Code.BAD_REQUEST),
+    ],
+)
+async def test_malformed_with_reply_address_is_answered(raw: RawClient, mutate, code: Code) -> None:
+    env = request_env(raw, "probe", "record", ["x"])
+    mutate(env)
+    await raw.send(env)
+    assert error_code(await raw.reply()) == code
+    assert CALLED == []
+
+
+async def test_malformed_without_reply_address_is_dead_lettered(url: str, raw: RawClient) -> None:
+    env = Envelope(body=b"garbage", headers={names.H_OPCODE: "_method_request"})
+    await raw.send(env)
+    for _ in range(50):
+        if hub(url).dead_letters:
+            break
+        await asyncio.sleep(0.01)
+    assert [d.body for d in hub(url).dead_letters] == [b"garbage"]
+
+
+async def test_flood_of_garbage_then_still_serving(raw: RawClient, overlord: AsyncOverlord) -> None:
+    for i in range(300):
+        env = Envelope(body=bytes([i % 256]) * (i % 7), headers={names.H_OPCODE: ["_method_request", "x", ""][i % 3]})
+        if i % 2:
+            env.reply_to = raw.reply_to
+        await raw.send(env)
+    assert await overlord.test.ping() == {"m1": 1}
+
+
+# --- shutdown ------------------------------------------------------------------------------
+
+
+async def test_stop_lets_running_calls_finish(url: str, minion: MinionService, raw: RawClient) -> None:
+    await raw.send(request_env(raw, "probe", "slow", [0.3]))
+    await asyncio.sleep(0.1)
+    await minion.stop(grace=5)
+    reply = codec.decode(await raw.reply(), 1 << 20)
+    assert isinstance(reply, MethodResponse) and reply.result == 0.3
+    with pytest.raises(Exception, match="not connected"):
+        await raw.send(request_env(raw, "test", "ping", []))
