@@ -8,9 +8,11 @@ and targeting ``<prefix>*``.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Iterator
 import pytest
 
 from func_amqp.config import ENV_BROKER_URL, ENV_CONFIG_DIR, ENV_STATE_DIR
+from func_amqp.overlord.session import Session
 from tests.broker_support import running_broker
 
 MINION_READY_TIMEOUT = 30.0
@@ -26,10 +29,11 @@ MINION_STOP_TIMEOUT = 15.0
 
 
 @pytest.fixture(autouse=True)
-def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def isolated_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """No test reads or writes the machine's real config or state directories."""
-    conf = tmp_path / "conf"
-    state = tmp_path / "state"
+    base = tmp_path_factory.mktemp("func-amqp-dirs")
+    conf = base / "conf"
+    state = base / "state"
     conf.mkdir()
     state.mkdir()
     values = {ENV_CONFIG_DIR: str(conf), ENV_STATE_DIR: str(state)}
@@ -40,11 +44,22 @@ def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, 
 
 
 @pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    """One private RabbitMQ node for the whole test session."""
-    state = tmp_path_factory.mktemp("broker-state")
-    with running_broker(state) as node:
-        yield node
+def broker() -> Iterator[object]:
+    """One private RabbitMQ node for the whole test session.
+
+    Its state lives outside pytest's temporary root, which is private to root (0700)
+    while the node runs as the ``rabbitmq`` user when started by root.
+    """
+    state = Path(tempfile.mkdtemp(prefix="func-amqp-test-broker-"))
+    state.chmod(0o755)
+    try:
+        with running_broker(state) as node:
+            try:
+                yield node
+            finally:
+                Session.close_shared()  # before the node goes, or its clients retry noisily
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture
@@ -100,12 +115,13 @@ class MinionFactory:
         confdir.mkdir(exist_ok=True)
         (confdir / "minion.conf").write_text("[main]\nheartbeat_interval = 5\n" + conf)
         log = self.workdir / f"{name}.log"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "func_amqp.cli.funcd", "--name", name, "-c", str(confdir), "--log-level", "DEBUG"],
-            env=self.env,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "func_amqp.cli.funcd", "--name", name, "-c", str(confdir), "--log-level", "DEBUG"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         minion = MinionProcess(name, proc, log)
         self.started.append(minion)
         if wait:

@@ -71,7 +71,7 @@ async def _converted(ol: AsyncOverlord, module: str, method: str, raw: list[str]
     entry = registered.get(method) if isinstance(registered, dict) else None
     spec = entry.get("args") if isinstance(entry, dict) else None
     try:
-        return convert_cli_args(spec, raw)
+        return convert_cli_args(spec, raw, f"{module}.{method}")
     except ArgumentError as exc:
         raise ArgumentError(f"{exc} (see: func '{ol.server_spec}' call {module} get_method_args)") from None
 

@@ -69,6 +69,14 @@ class Session:
         for client in clients:
             await client.transport.close()
 
+    @classmethod
+    def close_shared(cls) -> None:
+        """Shut the process's session down, if it was started (tests, embedding apps)."""
+        with cls._lock:
+            instance, cls._instance = cls._instance, None
+        if instance is not None:
+            instance.shutdown()
+
     def shutdown(self) -> None:
         """Close every connection and stop the loop (at interpreter exit)."""
         if not self.loop.is_running():

@@ -17,7 +17,7 @@ import logging
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterator
 
 import aio_pika
 import aiormq
@@ -48,6 +48,23 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncio.TimeoutError,
     RuntimeError,  # aio-pika: "Channel closed by RPC timeout" and friends
 )
+
+
+_CLIENT_LOGGERS = ("aiormq.connection", "aio_pika.robust_connection")
+
+
+@contextlib.contextmanager
+def _quiet(logger_names: tuple[str, ...]) -> Iterator[None]:
+    """Silence the client library's own report of a failure we map and raise."""
+    loggers = [logging.getLogger(name) for name in logger_names]
+    saved = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, saved):
+            lg.setLevel(level)
 
 
 def _to_amqp(env: Envelope) -> aio_pika.Message:
@@ -150,12 +167,13 @@ class Amqp091Transport(Transport):
 
     async def connect(self) -> None:
         try:
-            self._connection = await aio_pika.connect_robust(
-                self.url,
-                timeout=self._connect_timeout,
-                reconnect_interval=RECONNECT_INTERVAL,
-                client_properties={"connection_name": "func-amqp"},
-            )
+            with _quiet(_CLIENT_LOGGERS):  # the failure is reported once, mapped below
+                self._connection = await aio_pika.connect_robust(
+                    self.url,
+                    timeout=self._connect_timeout,
+                    reconnect_interval=RECONNECT_INTERVAL,
+                    client_properties={"connection_name": "func-amqp"},
+                )
         except (*CONNECTION_ERRORS, OSError, ValueError) as exc:
             raise BrokerUnreachable(masked_url(self.url), str(exc) or type(exc).__name__) from exc
         try:
@@ -241,7 +259,7 @@ class Amqp091Transport(Transport):
                     exclusive=True,
                     arguments={"x-dead-letter-exchange": names.DEAD_LETTER_EXCHANGE},
                 )
-            except aiormq.exceptions.ResourceLocked as exc:
+            except aiormq.exceptions.ChannelLockedResource as exc:
                 raise TransportError(
                     f"a minion named {name!r} is already connected to the broker; "
                     "give this one another name (--name or minion_name)"
