@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -161,7 +162,11 @@ class _Section:
     @classmethod
     def load(cls: type[C], path: Path) -> C:
         """Read ``path``'s ``[main]`` section; a missing file gives the defaults."""
-        if not path.exists():
+        try:
+            missing = not path.exists()
+        except OSError as exc:  # e.g. a directory on the way that may not be searched
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        if missing:
             return cls()
         return cls.from_mapping(read_section(path), str(path))
 
@@ -169,9 +174,9 @@ class _Section:
         """Range checks beyond parsing; raise :class:`ConfigError`."""
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.metadata.get("positive") and not value > 0:
+            if f.metadata.get("positive") and not (value > 0 and math.isfinite(value)):
                 where = f" in {source}" if source else ""
-                raise ConfigError(f"'{f.name}'{where} must be greater than 0, got {value}")
+                raise ConfigError(f"'{f.name}'{where} must be a finite number greater than 0, got {value}")
 
 
 def read_section(path: Path, section: str = SECTION) -> dict[str, str]:
@@ -231,10 +236,19 @@ def resolve_broker_url(configured: str, paths: Paths) -> str:
         return configured
     url_file = paths.private_broker_url_file
     try:
-        return url_file.read_text(encoding="utf-8").strip()
+        url = url_file.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
+        url = ""
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+        raise ConfigError(
+            f"cannot read the private broker's URL from {url_file}: {reason}. Restart it with "
+            f"'func-amqp broker start', or set {ENV_BROKER_URL} or 'broker_url' to a running broker."
+        ) from None
+    if not url:
         raise ConfigError(
             "no broker is configured and the private broker is not running "
             f"(no {url_file}). Start it with 'func-amqp broker start', or set "
             f"{ENV_BROKER_URL} or 'broker_url' to a running broker."
-        ) from None
+        )
+    return url

@@ -10,6 +10,7 @@ fails fast with "not connected" instead of vanishing from the results.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -36,10 +37,13 @@ class MinionDirectory:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return cls(path)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             _log.warning("ignoring unreadable minion directory %s: %s", path, exc)
             return cls(path)
         entries = raw.get("minions", {}) if isinstance(raw, dict) else {}
+        if not isinstance(entries, dict):
+            _log.warning("ignoring damaged minion directory %s: 'minions' is not a map", path)
+            return cls(path)
         minions = {
             name: dict(info) if isinstance(info, dict) else {}
             for name, info in entries.items()
@@ -68,6 +72,7 @@ class MinionDirectory:
 
     def save(self) -> None:
         """Write atomically; a read-only state dir only costs the memory (logged)."""
+        tmp = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".minions.")
@@ -76,3 +81,6 @@ class MinionDirectory:
             os.replace(tmp, self.path)
         except OSError as exc:
             _log.warning("cannot save the minion directory %s: %s", self.path, exc)
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import time
 import uuid
 from typing import Any, Callable
@@ -59,9 +60,25 @@ def _object_hook(obj: dict[str, Any]) -> Any:
     return obj
 
 
+def _reject_tag_lookalikes(value: Any) -> None:
+    """A map whose only key is the bytes tag would arrive as bytes: refuse to send it."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if len(item) == 1 and BYTES_TAG in item:
+                raise TypeError(f"a map whose only key is {BYTES_TAG!r} cannot travel")
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+
+
 def dumps(value: Any) -> bytes:
     """Serialize plain data; raises TypeError for values that cannot travel."""
-    return json.dumps(value, default=_default, separators=(",", ":")).encode("utf-8")
+    text = json.dumps(value, default=_default, separators=(",", ":"))
+    if f'"{BYTES_TAG}"' in text:
+        _reject_tag_lookalikes(value)
+    return text.encode("utf-8")
 
 
 def loads(data: bytes) -> Any:
@@ -152,7 +169,7 @@ def encode(
     }
     deadline = _deadline(message)
     if deadline is not None:
-        headers[names.H_DEADLINE] = deadline
+        headers[names.H_DEADLINE] = int(deadline * 1000)
     if isinstance(message, MethodRequest) and message.target:
         headers[names.H_TARGET] = message.target
     if agent:
@@ -196,7 +213,12 @@ def _number(value: Any, what: str) -> float:
     _require(
         isinstance(value, (int, float)) and not isinstance(value, bool), f"{what} must be a number"
     )
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    _require(math.isfinite(number), f"{what} must be a finite number")
+    return number
 
 
 def _decode_method_request(body: Any, env: Envelope) -> MethodRequest:
@@ -245,7 +267,9 @@ def _decode_agent(body: Any, env: Envelope) -> AgentInfo:
     version = values.get("version", "")
     _require(isinstance(version, str), "version must be a string")
     protocol = values.get("protocol", 0)
-    _require(isinstance(protocol, int), "protocol must be an integer")
+    _require(isinstance(protocol, int) and not isinstance(protocol, bool), "protocol must be an integer")
+    stopping = values.get("stopping", False)
+    _require(isinstance(stopping, bool), "stopping must be a boolean")
     return AgentInfo(
         name=name,
         version=version,
@@ -253,7 +277,7 @@ def _decode_agent(body: Any, env: Envelope) -> AgentInfo:
         modules=modules,
         heartbeat_interval=_number(values.get("heartbeat_interval", 0), "heartbeat_interval"),
         started=_number(values.get("started", 0), "started"),
-        stopping=bool(values.get("stopping", False)),
+        stopping=stopping,
     )
 
 
@@ -308,7 +332,11 @@ def check_envelope(env: Envelope, max_bytes: int) -> Opcode:
         )
     deadline = env.headers.get(names.H_DEADLINE)
     if deadline is not None:
-        env.deadline = _number(deadline, f"the {names.H_DEADLINE} header")
+        _require(
+            isinstance(deadline, int) and not isinstance(deadline, bool) and abs(deadline) < 2**63,
+            f"the {names.H_DEADLINE} header must be integer milliseconds since the epoch",
+        )
+        env.deadline = deadline / 1000
     return opcode_of(env)
 
 

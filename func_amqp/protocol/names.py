@@ -56,6 +56,8 @@ H_ROLE = "method"  # QMF v2's name for request | response | indication
 H_AGENT = "qmf.agent"
 H_PROTOCOL = "x-func-amqp-protocol"
 H_DEADLINE = "x-func-amqp-deadline"
+"""Absolute deadline in integer milliseconds since the epoch (AMQP 0-9-1 clients may
+encode float headers as 32-bit floats, which cannot hold a timestamp)."""
 H_TARGET = "x-func-amqp-target"
 
 ROLE_REQUEST = "request"
@@ -69,4 +71,4 @@ MINION_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,252}[a-z0-9])?$")
 
 
 def valid_minion_name(name: str) -> bool:
-    return bool(MINION_NAME_RE.match(name))
+    return bool(MINION_NAME_RE.fullmatch(name))

@@ -13,7 +13,10 @@ MEMORY_SCHEME = "memory"
 
 def transport_for_url(url: str) -> Transport:
     """The transport that speaks ``url``'s scheme; ConfigError for anything else."""
-    scheme = urlsplit(url).scheme.lower()
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError as exc:
+        raise ConfigError(f"invalid broker URL: {exc}") from None
     if scheme in AMQP091_SCHEMES:
         from func_amqp.transport.amqp091 import Amqp091Transport
 

@@ -32,13 +32,15 @@ class Delivery(Protocol):
 
 def masked_url(url: str) -> str:
     """The URL without its password, for messages a user sees."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # unparseable: hide whatever may be credentials
+        head, sep, rest = url.partition("//")
+        return f"{head}{sep}***@{rest.rpartition('@')[2]}" if "@" in rest else url
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username or ''}:***@{host}"
+    netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
     return urlunsplit(parts._replace(netloc=netloc))
 
 

@@ -210,7 +210,7 @@ async def test_expired_request_is_not_started(raw: RawClient) -> None:
 
 async def test_expired_header_is_answered(raw: RawClient, minion: MinionService) -> None:
     env = request_env(raw, "probe", "record", ["late"])
-    env.headers[names.H_DEADLINE] = time.time() - 1
+    env.headers[names.H_DEADLINE] = int((time.time() - 1) * 1000)
     env.deadline = None  # the queue does not drop it; the minion must
     await raw.send(env)
     assert error_code(await raw.reply()) == Code.EXPIRED

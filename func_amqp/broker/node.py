@@ -1,0 +1,607 @@
+"""A private RabbitMQ node kept entirely under one state directory.
+
+Developers and the test-suite need a broker without installing or configuring one
+system-wide, so :class:`PrivateBroker` runs a node of the installed ``rabbitmq-server``
+with its data, logs, configuration and pid file all inside ``paths.private_broker_dir``.
+It listens on 127.0.0.1 only and is reached with the ``guest`` account, which RabbitMQ
+allows from loopback.
+
+The node is started detached (it outlives the process that started it) and is found
+again through its pid file and a small ports file, so any process with the same state
+directory can query or stop it. Its AMQP port is kept across restarts, so clients can
+reconnect to the same URL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import pwd
+import random
+import shutil
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from func_amqp.config import Paths
+from func_amqp.errors import BrokerError
+
+SERVER_PROGRAM = "rabbitmq-server"
+CTL_PROGRAM = "rabbitmqctl"
+INSTALL_HINT = "install it with 'apt-get install rabbitmq-server'"
+# Debian installs the programs in sbin, which an ordinary user's PATH often lacks.
+EXTRA_PROGRAM_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+# Debian's sbin programs are a wrapper that only root or the rabbitmq user may run;
+# other users must call the real script, which sits next to the wrapper's target.
+SCRIPT_WRAPPER_NAME = "rabbitmq-script-wrapper"
+# Run as root, the wrapper switches to this user: the node's files must be its own.
+RABBITMQ_USER = "rabbitmq"
+
+NODE_NAME_PREFIX = "func-amqp-"
+NODE_HOST = "localhost"
+NODE_HASH_LENGTH = 10
+LISTEN_HOST = "127.0.0.1"
+URL_TEMPLATE = "amqp://guest:guest@{host}:{port}/"
+# Both ranges sit below Linux's ephemeral ports (32768 and up), so outgoing
+# connections never hold them, and avoid RabbitMQ's defaults (5672, 15672, 25672).
+AMQP_PORT_RANGE = (21000, 24999)
+DIST_PORT_RANGE = (26000, 29999)
+PORT_PICK_ATTEMPTS = 200
+# Erlang distribution listens on all interfaces unless told otherwise.
+DIST_LOOPBACK_ARGS = "-kernel inet_dist_use_interface {127,0,0,1}"
+
+CONFIG_BASENAME = "rabbitmq"  # RabbitMQ appends ".conf"
+ADVANCED_CONFIG_FILE = "advanced.config"
+CONF_ENV_FILE = "rabbitmq-env.conf"
+ENABLED_PLUGINS_FILE = "enabled_plugins"
+FEATURE_FLAGS_FILE = "feature_flags"
+PID_FILE = "pid"
+PORTS_FILE = "ports.json"
+LOCK_FILE = ".lock"
+MNESIA_SUBDIR = "mnesia"
+LOG_SUBDIR = "log"
+CONSOLE_LOG_FILE = "console.log"
+
+# epmd, Erlang's name server, shared by every node on the machine.
+EPMD_PORT_ENV = "ERL_EPMD_PORT"
+EPMD_DEFAULT_PORT = 4369
+EPMD_PORT_PLEASE2_REQ = 122
+EPMD_PORT2_RESP = 119
+
+BEAM_PROGRAM = "beam"  # the Erlang VM's process name starts with this
+# Started by the first node on the machine and shared by all of them: never ours alone.
+SHARED_PROGRAMS = frozenset({"epmd"})
+DEAD_STATES = frozenset({"Z", "X", "x"})
+
+LOG_TAIL_LINES = 15
+POLL_INTERVAL = 0.25
+CTL_GRACE = 10.0  # extra seconds a rabbitmqctl call may take beyond its own timeout
+TERM_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
+SETTLE_GRACE = 5.0  # seconds the wrappers get to exit after the VM has stopped
+CONNECT_TIMEOUT = 1.0
+
+# Launcher processes started by this process, per directory, so they can be reaped.
+_launched: dict[Path, subprocess.Popen[bytes]] = {}
+
+
+@dataclass(frozen=True)
+class BrokerStatus:
+    """What :meth:`PrivateBroker.status` found."""
+
+    running: bool
+    url: str | None
+    node: str
+    pid: int | None
+    directory: Path
+
+
+@dataclass(frozen=True)
+class _Ports:
+    amqp: int
+    dist: int
+
+
+class PrivateBroker:
+    """One private RabbitMQ node under ``paths.private_broker_dir``."""
+
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+        self.directory = paths.private_broker_dir
+        # Where each log ended before the last launch, so errors quote only new lines.
+        self._log_offsets: dict[Path, int] = {}
+        digest = hashlib.sha256(str(self.directory.absolute()).encode()).hexdigest()
+        self.node = f"{NODE_NAME_PREFIX}{digest[:NODE_HASH_LENGTH]}@{NODE_HOST}"
+
+    # --- public API -------------------------------------------------------------------
+
+    @property
+    def url(self) -> str | None:
+        """The node's AMQP URL, or None when it is not running."""
+        return self.status().url
+
+    @property
+    def log_file(self) -> Path:
+        """The node's main log, the first place to look when it misbehaves."""
+        return self.directory / LOG_SUBDIR / f"{self.node}.log"
+
+    def status(self) -> BrokerStatus:
+        """Whether the node runs and accepts connections; cheap, no rabbitmqctl."""
+        pid = self._live_pid()
+        ports = self._load_ports()
+        running = pid is not None and ports is not None and _accepts(ports.amqp)
+        return BrokerStatus(
+            running=running,
+            url=_url(ports.amqp) if running and ports is not None else None,
+            node=self.node,
+            pid=pid,
+            directory=self.directory,
+        )
+
+    def start(self, timeout: float = 60.0) -> str:
+        """Start the node unless it runs, wait until it is up, and return its URL."""
+        deadline = time.monotonic() + timeout
+        server = _find_program(SERVER_PROGRAM)
+        ctl = _find_program(CTL_PROGRAM)
+        with self._locked():
+            current = self.status()
+            if current.running and current.url is not None:
+                self._write_url(current.url)
+                return current.url
+            if current.pid is not None or self._find_node_pid() is not None:
+                # Alive but not listening: booting from an interrupted start, or wedged.
+                self._await_boot(ctl, None, deadline, timeout)
+            else:
+                self._launch(server, ctl, deadline, timeout)
+            ports = self._load_ports()
+            if ports is None:
+                raise BrokerError(f"{self.directory / PORTS_FILE} vanished during start")
+            url = _url(ports.amqp)
+            self._write_url(url)
+            return url
+
+    def stop(self, timeout: float = 60.0) -> bool:
+        """Stop the node; return False if it was not running."""
+        deadline = time.monotonic() + timeout
+        with self._locked():
+            pid = self._live_pid() or self._find_node_pid()
+            if pid is not None:
+                self._graceful_stop(pid, deadline)
+            self._reap_launcher()
+            self.paths.private_broker_url_file.unlink(missing_ok=True)
+            (self.directory / PID_FILE).unlink(missing_ok=True)
+            return pid is not None
+
+    # --- starting ---------------------------------------------------------------------
+
+    def _launch(self, server: str, ctl: str, deadline: float, timeout: float) -> None:
+        self._await_name_released(deadline)
+        self._prepare_directory()
+        ports = self._choose_ports()
+        self._save_ports(ports)
+        self._write_config(ports)
+        self.paths.private_broker_url_file.unlink(missing_ok=True)
+        (self.directory / PID_FILE).unlink(missing_ok=True)
+        console = self.directory / CONSOLE_LOG_FILE
+        console.touch()
+        self._log_offsets = {path: _size(path) for path in (self.log_file, console)}
+        self._give_to_rabbitmq_user()
+        with console.open("ab") as out:
+            proc = subprocess.Popen(
+                [server],
+                env=self._server_env(ports),
+                cwd=self.directory,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        _launched[self.directory] = proc
+        try:
+            self._await_boot(ctl, proc, deadline, timeout)
+        except BaseException:
+            self._kill_half_started()
+            raise
+
+    def _await_boot(
+        self,
+        ctl: str,
+        proc: subprocess.Popen[bytes] | None,
+        deadline: float,
+        timeout: float,
+    ) -> None:
+        """Poll ``rabbitmqctl await_startup`` until the node is up or gives up."""
+        while True:
+            if proc is not None and proc.poll() is not None:
+                raise self._boot_error("exited during boot")
+            if proc is None and (self._live_pid() or self._find_node_pid()) is None:
+                raise self._boot_error("exited during boot")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._boot_error(f"did not start within {timeout:g} s")
+            if self._ctl(ctl, ["await_startup"], remaining) == 0:
+                ports = self._load_ports()
+                if ports is not None and _accepts(ports.amqp):
+                    return
+            time.sleep(POLL_INTERVAL)
+
+    def _boot_error(self, what: str) -> BrokerError:
+        return BrokerError(
+            f"the private RabbitMQ node {self.node} {what}. Its log is {self.log_file}"
+            f"{self._log_tails()}"
+        )
+
+    def _log_tails(self) -> str:
+        """The last lines the node wrote, to its log and to its console, this boot."""
+        parts = []
+        for path in (self.log_file, self.directory / CONSOLE_LOG_FILE):
+            try:
+                with path.open("rb") as fh:
+                    fh.seek(self._log_offsets.get(path, 0))
+                    text = fh.read().decode("utf-8", errors="replace")
+            except OSError:
+                continue
+            lines = [line for line in text.splitlines() if line.strip()]
+            if lines:
+                tail = "\n".join(lines[-LOG_TAIL_LINES:])
+                parts.append(f"; last lines of {path.name}:\n{tail}")
+        return "".join(parts) or " (nothing was logged)"
+
+    def _kill_half_started(self) -> None:
+        """Leave nothing behind after a failed boot: the VM, its wrappers, the launcher."""
+        pid = self._live_pid() or self._find_node_pid()
+        if pid is not None:
+            _terminate(pid, TERM_GRACE)
+        self._sweep(patience=0.0)
+        self._reap_launcher()
+        (self.directory / PID_FILE).unlink(missing_ok=True)
+
+    def _prepare_directory(self) -> None:
+        for sub in (MNESIA_SUBDIR, LOG_SUBDIR):
+            (self.directory / sub).mkdir(parents=True, exist_ok=True)
+
+    def _write_config(self, ports: _Ports) -> None:
+        conf = (
+            f"listeners.tcp.default = {LISTEN_HOST}:{ports.amqp}\n"
+            "loopback_users.guest = true\n"
+        )
+        _write_atomic(self.directory / f"{CONFIG_BASENAME}.conf", conf)
+        plugins = self.directory / ENABLED_PLUGINS_FILE
+        if not plugins.exists():
+            # An explicit empty list, so the system's enabled_plugins is not used.
+            _write_atomic(plugins, "[].\n")
+
+    def _server_env(self, ports: _Ports) -> dict[str, str]:
+        """The environment that describes this node, and only this node."""
+        d = self.directory
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")}
+        env.update(
+            RABBITMQ_NODENAME=self.node,
+            RABBITMQ_NODE_IP_ADDRESS=LISTEN_HOST,
+            RABBITMQ_NODE_PORT=str(ports.amqp),
+            RABBITMQ_DIST_PORT=str(ports.dist),
+            RABBITMQ_MNESIA_BASE=str(d / MNESIA_SUBDIR),
+            RABBITMQ_LOG_BASE=str(d / LOG_SUBDIR),
+            RABBITMQ_CONFIG_FILE=str(d / CONFIG_BASENAME),
+            RABBITMQ_ADVANCED_CONFIG_FILE=str(d / ADVANCED_CONFIG_FILE),
+            RABBITMQ_CONF_ENV_FILE=str(d / CONF_ENV_FILE),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(d / ENABLED_PLUGINS_FILE),
+            RABBITMQ_FEATURE_FLAGS_FILE=str(d / FEATURE_FLAGS_FILE),
+            RABBITMQ_PID_FILE=str(d / PID_FILE),
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=DIST_LOOPBACK_ARGS,
+        )
+        return env
+
+    def _give_to_rabbitmq_user(self) -> None:
+        """As root the node runs as ``rabbitmq``: it must own and reach its directory."""
+        if os.geteuid() != 0:
+            return
+        try:
+            user = pwd.getpwnam(RABBITMQ_USER)
+        except KeyError:
+            return
+        for parent in self.directory.absolute().parents:
+            mode = parent.stat().st_mode
+            if not mode & stat.S_IXOTH:
+                parent.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+        os.lchown(self.directory, user.pw_uid, user.pw_gid)
+        for root, dirs, files in os.walk(self.directory):
+            for name in dirs + files:
+                os.lchown(os.path.join(root, name), user.pw_uid, user.pw_gid)
+
+    def _write_url(self, url: str) -> None:
+        _write_atomic(self.paths.private_broker_url_file, url + "\n")
+
+    # --- ports ------------------------------------------------------------------------
+
+    def _choose_ports(self) -> _Ports:
+        """The previous ports when still free (clients keep their URL), else new ones."""
+        old = self._load_ports()
+        amqp = old.amqp if old is not None and _port_free(old.amqp) else None
+        dist = old.dist if old is not None and _port_free(old.dist) else None
+        if amqp is None:
+            amqp = _pick_port(AMQP_PORT_RANGE, exclude=dist)
+        if dist is None or dist == amqp:
+            dist = _pick_port(DIST_PORT_RANGE, exclude=amqp)
+        return _Ports(amqp=amqp, dist=dist)
+
+    def _load_ports(self) -> _Ports | None:
+        try:
+            data = json.loads((self.directory / PORTS_FILE).read_text(encoding="utf-8"))
+            return _Ports(amqp=int(data["amqp"]), dist=int(data["dist"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _save_ports(self, ports: _Ports) -> None:
+        _write_atomic(self.directory / PORTS_FILE, json.dumps(dataclasses.asdict(ports)))
+
+    # --- processes --------------------------------------------------------------------
+
+    def _live_pid(self) -> int | None:
+        """The pid in the pid file if that process is a live Erlang VM."""
+        try:
+            pid = int((self.directory / PID_FILE).read_text(encoding="ascii").strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _is_live_beam(pid) else None
+
+    def _find_node_pid(self) -> int | None:
+        """This node's VM found by its environment, for when the pid file is missing."""
+        return next((pid for pid in self._node_processes() if _is_live_beam(pid)), None)
+
+    def _node_processes(self) -> list[int]:
+        """Live processes started with this node's environment, shared daemons aside."""
+        marker = f"RABBITMQ_NODENAME={self.node}".encode()
+        found = []
+        for pid in _proc_entries():
+            proc = Path(f"/proc/{pid}")
+            try:
+                if (proc / "comm").read_text(encoding="utf-8").strip() in SHARED_PROGRAMS:
+                    continue
+                if marker not in (proc / "environ").read_bytes().split(b"\0"):
+                    continue
+            except OSError:
+                continue
+            state = _process_state(pid)
+            if state is not None and state not in DEAD_STATES:
+                found.append(pid)
+        return found
+
+    def _graceful_stop(self, pid: int, deadline: float) -> None:
+        """``rabbitmqctl stop``, then signals to the node's own pid if it lingers."""
+        try:
+            ctl: str | None = _find_program(CTL_PROGRAM)
+        except BrokerError:
+            ctl = None
+        remaining = deadline - time.monotonic()
+        asked = False
+        if ctl is not None and remaining > 0:
+            asked = self._ctl(ctl, ["stop"], remaining) == 0
+        # Unasked, SIGTERM at once: the VM treats it as a request for a clean shutdown.
+        patience = max(0.0, deadline - time.monotonic()) if asked else 0.0
+        if not _wait_gone(pid, patience):
+            _terminate(pid, TERM_GRACE)
+        self._sweep(patience=SETTLE_GRACE)
+        self._await_name_released(time.monotonic() + SETTLE_GRACE)
+
+    def _await_name_released(self, deadline: float) -> None:
+        """Wait until epmd forgets the node's name, which lags behind the VM's exit.
+
+        A node refuses to boot while its name is still registered.
+        """
+        short_name = self.node.partition("@")[0]
+        while _epmd_knows(short_name) and time.monotonic() < deadline:
+            time.sleep(POLL_INTERVAL)
+
+    def _sweep(self, patience: float) -> None:
+        """Give the node's other processes ``patience`` seconds to exit, then kill them.
+
+        Every process of the node carries its ``RABBITMQ_NODENAME`` in its environment
+        (the launcher, the ``su`` and shell wrappers, the VM and its helpers), so they
+        are found by that even before the pid file exists.
+        """
+        kill_from = time.monotonic() + patience
+        give_up = kill_from + TERM_GRACE
+        while pids := self._node_processes():
+            now = time.monotonic()
+            if now >= give_up:
+                return
+            if now >= kill_from:
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            time.sleep(POLL_INTERVAL)
+
+    def _reap_launcher(self) -> None:
+        proc = _launched.pop(self.directory, None)
+        if proc is None:
+            return
+        try:
+            proc.wait(TERM_GRACE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def _ctl(self, ctl: str, args: list[str], timeout: float) -> int:
+        """Run ``rabbitmqctl`` against this node, bounded by ``timeout`` seconds."""
+        seconds = max(1, int(timeout))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")}
+        try:
+            done = subprocess.run(
+                [ctl, "-n", self.node, "-q", "-t", str(seconds), *args],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=seconds + CTL_GRACE,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return -1
+        return done.returncode
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Serialise start and stop across processes sharing the directory.
+
+        File-system failures inside (permissions, a full disk) become a BrokerError
+        that names the directory, rather than a traceback.
+        """
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with (self.directory / LOCK_FILE).open("a") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(fh, fcntl.LOCK_UN)
+        except OSError as exc:
+            raise BrokerError(
+                f"cannot manage the private broker in {self.directory}: {exc}"
+            ) from exc
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _find_program(name: str) -> str:
+    """The program to run for ``name``, or a BrokerError saying what to install."""
+    search = os.pathsep.join([os.environ.get("PATH", os.defpath), *EXTRA_PROGRAM_DIRS])
+    found = shutil.which(name, path=search)
+    if found is None:
+        raise BrokerError(
+            f"'{name}' was not found, so the private broker cannot be managed: "
+            f"{INSTALL_HINT}, or point FUNC_AMQP_URL at a running broker"
+        )
+    real = Path(found).resolve()
+    if os.geteuid() != 0 and real.name == SCRIPT_WRAPPER_NAME:
+        script = real.parent / name
+        if os.access(script, os.X_OK):
+            return str(script)
+    return found
+
+
+def _url(port: int) -> str:
+    return URL_TEMPLATE.format(host=LISTEN_HOST, port=port)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection((LISTEN_HOST, port), timeout=CONNECT_TIMEOUT):
+            return True
+    except OSError:
+        return False
+
+
+def _epmd_knows(short_name: str) -> bool:
+    """Whether epmd has a node of that name registered (PORT_PLEASE2_REQ)."""
+    try:
+        port = int(os.environ.get(EPMD_PORT_ENV) or EPMD_DEFAULT_PORT)
+    except ValueError:
+        port = EPMD_DEFAULT_PORT
+    request = bytes([EPMD_PORT_PLEASE2_REQ]) + short_name.encode()
+    try:
+        with socket.create_connection((LISTEN_HOST, port), timeout=CONNECT_TIMEOUT) as sock:
+            sock.sendall(struct.pack(">H", len(request)) + request)
+            reply = sock.recv(2)
+    except OSError:
+        return False
+    return len(reply) == 2 and reply[0] == EPMD_PORT2_RESP and reply[1] == 0
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _port_free(port: int) -> bool:
+    """Whether a listener could bind ``port`` (with SO_REUSEADDR, as Erlang does)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((LISTEN_HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def _pick_port(bounds: tuple[int, int], exclude: int | None) -> int:
+    rng = random.SystemRandom()
+    for _ in range(PORT_PICK_ATTEMPTS):
+        port = rng.randint(*bounds)
+        if port != exclude and _port_free(port):
+            return port
+    raise BrokerError(f"no free port on {LISTEN_HOST} between {bounds[0]} and {bounds[1]}")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _proc_entries() -> Iterator[int]:
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return
+    for name in names:
+        if name.isdigit():
+            yield int(name)
+
+
+def _process_state(pid: int) -> str | None:
+    """The one-letter state from ``/proc/PID/stat`` (None: no such process)."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    fields = stat_line.rpartition(")")[2].split()
+    return fields[0] if fields else None
+
+
+def _is_live_beam(pid: int) -> bool:
+    """Whether ``pid`` is a running (not zombie) Erlang VM; guards against reused pids."""
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text(encoding="utf-8").strip()
+    except OSError:
+        return False
+    state = _process_state(pid)
+    return comm.startswith(BEAM_PROGRAM) and state is not None and state not in DEAD_STATES
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _is_live_beam(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL_INTERVAL)
+    return True
+
+
+def _terminate(pid: int, grace: float) -> None:
+    """SIGTERM the VM (Erlang then shuts down cleanly), SIGKILL it if it lingers."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                return
+            raise BrokerError(
+                f"cannot signal the broker process {pid}: {exc.strerror}"
+            ) from None
+        if _wait_gone(pid, grace):
+            return

@@ -1,0 +1,151 @@
+"""``func-amqp``: administration of what func-amqp runs besides minions and overlords.
+
+Each command group (``broker`` now; ``ca``, ``jobs``, ``minions`` later) is a
+:class:`CommandGroup` subclass listed in :data:`GROUPS`: it adds its own subparser and
+handlers, so a new group is one small class and one line here. Handlers take the parsed
+arguments and the resolved :class:`Paths` and return the exit status; a
+:class:`FuncAmqpError` becomes one ``func-amqp: error: ...`` line and status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from func_amqp import __version__
+from func_amqp.broker.node import PrivateBroker
+from func_amqp.config import Paths
+from func_amqp.errors import FuncAmqpError
+
+PROG = "func-amqp"
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3  # systemctl's status code for a stopped unit
+EXIT_INTERRUPTED = 130
+DEFAULT_TIMEOUT = 60.0
+
+Handler = Callable[[argparse.Namespace, Paths], int]
+if TYPE_CHECKING:
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+class CommandGroup:
+    """One ``func-amqp NAME ...`` group of subcommands."""
+
+    name: str = ""
+    help: str = ""
+
+    def add_to(self, commands: Subcommands) -> None:
+        parser = commands.add_parser(self.name, help=self.help, description=self.help)
+        actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+        self.add_actions(actions)
+
+    def add_actions(self, actions: Subcommands) -> None:
+        raise NotImplementedError
+
+
+class BrokerCommands(CommandGroup):
+    """The private RabbitMQ node for development and tests."""
+
+    name = "broker"
+    help = "manage the private RabbitMQ node kept in the state directory"
+
+    def add_actions(self, actions: Subcommands) -> None:
+        start = actions.add_parser("start", help="start the node and print its URL")
+        _add_timeout(start, "how long to wait for the node to boot")
+        start.set_defaults(handler=self.start)
+        stop = actions.add_parser("stop", help="stop the node")
+        _add_timeout(stop, "how long to wait for a clean shutdown")
+        stop.set_defaults(handler=self.stop)
+        status = actions.add_parser(
+            "status", help="show whether the node runs (exit status 3 when stopped)"
+        )
+        status.set_defaults(handler=self.status)
+        url = actions.add_parser("url", help="print the URL of the running node")
+        url.set_defaults(handler=self.url)
+
+    def start(self, args: argparse.Namespace, paths: Paths) -> int:
+        print(PrivateBroker(paths).start(timeout=args.timeout))
+        return EXIT_OK
+
+    def stop(self, args: argparse.Namespace, paths: Paths) -> int:
+        stopped = PrivateBroker(paths).stop(timeout=args.timeout)
+        print("stopped" if stopped else "not running")
+        return EXIT_OK
+
+    def status(self, args: argparse.Namespace, paths: Paths) -> int:
+        st = PrivateBroker(paths).status()
+        print("running" if st.running else "stopped")
+        print(f"url:  {st.url or '-'}")
+        print(f"node: {st.node}")
+        print(f"pid:  {st.pid if st.pid is not None else '-'}")
+        print(f"dir:  {st.directory}")
+        return EXIT_OK if st.running else EXIT_NOT_RUNNING
+
+    def url(self, args: argparse.Namespace, paths: Paths) -> int:
+        url = PrivateBroker(paths).url
+        if url is None:
+            return _error(
+                f"the private broker is not running; start it with '{PROG} broker start'"
+            )
+        print(url)
+        return EXIT_OK
+
+
+GROUPS: tuple[CommandGroup, ...] = (BrokerCommands(),)
+
+
+def _add_timeout(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"{what} (default: {DEFAULT_TIMEOUT:g})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Administer func-amqp: the private broker, and more."
+    )
+    parser.add_argument(
+        "-c",
+        "--conf",
+        metavar="DIR",
+        help="configuration directory (default: per user, or /etc/func-amqp for root)",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
+    for group in GROUPS:
+        group.add_to(commands)
+    return parser
+
+
+def _error(message: str) -> int:
+    """One ``func-amqp: error:`` line; details such as a log excerpt follow it."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``func-amqp`` command; return its exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage errors (2), --help and --version (0)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    handler: Handler = args.handler
+    try:
+        return handler(args, Paths.resolve(args.conf))
+    except FuncAmqpError as exc:
+        return _error(str(exc))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
