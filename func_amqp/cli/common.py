@@ -17,6 +17,9 @@ USER_ERRORS: tuple[type[BaseException], ...] = (FuncAmqpError, FuncException)
 
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 
+CLIENT_LIBRARY_LOGGERS = ("aio_pika", "aiormq")
+"""Their reconnect chatter belongs in a daemon's log, not on an interactive terminal."""
+
 
 def report(prog: str, message: str) -> None:
     print(f"{prog}: error: {message}", file=sys.stderr)
@@ -34,8 +37,11 @@ def run_main(prog: str, body: Callable[[], int]) -> int:
         return 130
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, *, quiet_client_library: bool = False) -> None:
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         numeric = logging.INFO
     logging.basicConfig(level=numeric, format=LOG_FORMAT, stream=sys.stderr)
+    if quiet_client_library:
+        for name in CLIENT_LIBRARY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.CRITICAL)

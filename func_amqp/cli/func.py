@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(LOG_LEVEL)
+    setup_logging(LOG_LEVEL, quiet_client_library=True)
 
     async def run() -> int:
         async with AsyncOverlord(args.spec, exclude_spec=args.exclude, timeout=args.timeout, config_dir=args.conf) as ol:

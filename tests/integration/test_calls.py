@@ -164,3 +164,18 @@ def test_funcd_list_modules_and_info(func_env: dict[str, str], tmp_path) -> None
     (conf / "minion.conf").write_text("[main]\nmax_concurrent_calls = lots\n")
     out = run_cli("func_amqp.cli.funcd", "--list-modules", env=func_env)
     assert out.returncode == 1 and "max_concurrent_calls" in out.stderr
+
+
+def test_groups_and_exclusion_from_the_command_line(minions: MinionFactory, prefix: str, func_env: dict[str, str]) -> None:
+    for i in (1, 2, 3):
+        minions.start(f"{prefix}-{i}")
+    conf = Path(func_env["FUNC_AMQP_CONFIG_DIR"])
+    (conf / "groups").write_text(f"[pair]\nhost = {prefix}-1; {prefix}-2\n\n[globbed]\nhost = {prefix}-*\n")
+    out = run_cli("func_amqp.cli.func", "@pair", "list_minions", env=func_env)
+    assert out.stdout.split() == [f"{prefix}-1", f"{prefix}-2"], out.stderr
+    out = run_cli("func_amqp.cli.func", f"@globbed:{prefix}-[23]", "list_minions", env=func_env)
+    assert out.stdout.split() == [f"{prefix}-2", f"{prefix}-3"], out.stderr
+    out = run_cli("func_amqp.cli.func", "-e", "@pair", f"{prefix}-*", "ping", env=func_env)
+    assert out.stdout.splitlines() == [f"[ ok ... ] {prefix}-3"], out.stderr
+    out = run_cli("func_amqp.cli.func", "@nosuch", "ping", env=func_env)
+    assert out.returncode == 1 and "nosuch" in out.stderr and len(out.stderr.splitlines()) == 1
