@@ -17,7 +17,9 @@ Hierarchy::
           └── Unroutable                nobody consumes at the address sent to
     RemoteCallError                    a call's failure, as seen by an overlord
      ├── MinionTimeout                 no answer before the deadline
-     └── MinionUnreachable             the minion is not connected to the broker
+     ├── MinionUnreachable             the minion is not connected to the broker
+     ├── CallFailed                    the request could not be sent
+     └── RemoteError                   the minion answered with an error code
 
 Every failure that crosses the wire carries a :class:`Code` from the table below;
 the overlord turns it into func's ``["REMOTE_ERROR", type, message, traceback]``.
@@ -151,6 +153,10 @@ class MinionTimeout(RemoteCallError):
 
 class MinionUnreachable(RemoteCallError):
     """No minion of that name is connected to the broker."""
+
+
+class CallFailed(RemoteCallError):
+    """The request could not be handed to the broker before its deadline."""
 
 
 class RemoteError(RemoteCallError):

@@ -85,6 +85,7 @@ SHARED_PROGRAMS = frozenset({"epmd"})
 DEAD_STATES = frozenset({"Z", "X", "x"})
 
 LOG_TAIL_LINES = 15
+LOG_TAIL_BYTES = 64 * 1024
 POLL_INTERVAL = 0.25
 CTL_GRACE = 10.0  # extra seconds a rabbitmqctl call may take beyond its own timeout
 TERM_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
@@ -173,6 +174,8 @@ class PrivateBroker:
     def stop(self, timeout: float = 60.0) -> bool:
         """Stop the node; return False if it was not running."""
         deadline = time.monotonic() + timeout
+        if not self.directory.is_dir():
+            return False
         with self._locked():
             pid = self._live_pid() or self._find_node_pid()
             if pid is not None:
@@ -247,7 +250,8 @@ class PrivateBroker:
         for path in (self.log_file, self.directory / CONSOLE_LOG_FILE):
             try:
                 with path.open("rb") as fh:
-                    fh.seek(self._log_offsets.get(path, 0))
+                    end = fh.seek(0, os.SEEK_END)
+                    fh.seek(max(self._log_offsets.get(path, 0), end - LOG_TAIL_BYTES))
                     text = fh.read().decode("utf-8", errors="replace")
             except OSError:
                 continue

@@ -1,6 +1,6 @@
 """``func-amqp``: administration of what func-amqp runs besides minions and overlords.
 
-Each command group (``broker`` now; ``ca``, ``jobs``, ``minions`` later) is a
+Each command group (``broker``, ``minions``; ``ca`` and ``jobs`` later) is a
 :class:`CommandGroup` subclass listed in :data:`GROUPS`: it adds its own subparser and
 handlers, so a new group is one small class and one line here. Handlers take the parsed
 arguments and the resolved :class:`Paths` and return the exit status; a
@@ -10,21 +10,26 @@ arguments and the resolved :class:`Paths` and return the exit status; a
 from __future__ import annotations
 
 import argparse
-import sys
+import asyncio
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from func_amqp import __version__
 from func_amqp.broker.node import PrivateBroker
+from func_amqp.cli.common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    USER_ERRORS,
+    report,
+)
 from func_amqp.config import Paths
-from func_amqp.errors import FuncAmqpError
+from func_amqp.overlord.caller import AsyncOverlord
+from func_amqp.overlord.directory import MinionDirectory
 
 PROG = "func-amqp"
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
 EXIT_NOT_RUNNING = 3  # systemctl's status code for a stopped unit
-EXIT_INTERRUPTED = 130
 DEFAULT_TIMEOUT = 60.0
 
 Handler = Callable[[argparse.Namespace, Paths], int]
@@ -95,13 +100,61 @@ class BrokerCommands(CommandGroup):
         return EXIT_OK
 
 
-GROUPS: tuple[CommandGroup, ...] = (BrokerCommands(),)
+class MinionsCommands(CommandGroup):
+    """The overlord's directory of minions (docs/architecture.md: presence)."""
+
+    name = "minions"
+    help = "list the minions this overlord knows, or forget retired ones"
+
+    def add_actions(self, actions: Subcommands) -> None:
+        listing = actions.add_parser("list", help="known minions, and whether each answers now")
+        listing.set_defaults(handler=self.list)
+        forget = actions.add_parser("forget", help="drop retired minions from the directory")
+        forget.add_argument("names", nargs="+", metavar="NAME")
+        forget.set_defaults(handler=self.forget)
+
+    def list(self, args: argparse.Namespace, paths: Paths) -> int:
+        async def locate() -> dict[str, object]:
+            async with AsyncOverlord(config_dir=args.conf) as ol:
+                return dict(await ol.locate())
+
+        up = asyncio.run(locate())
+        known = MinionDirectory.load(paths.minion_directory_file).minions
+        for name in sorted(known.keys() | up.keys()):
+            info = known.get(name, {})
+            state = "up" if name in up else "down"
+            print(f"{name}\t{state}\t{info.get('version', '-')}\t{','.join(info.get('modules', []))}")
+        return EXIT_OK
+
+    def forget(self, args: argparse.Namespace, paths: Paths) -> int:
+        directory = MinionDirectory.load(paths.minion_directory_file)
+        gone = directory.forget(name.lower() for name in args.names)
+        directory.save()
+        for name in gone:
+            print(f"forgot {name}")
+        unknown = sorted({n.lower() for n in args.names} - set(gone))
+        if unknown:
+            return _error(f"not in the minion directory: {', '.join(unknown)}")
+        return EXIT_OK
+
+
+GROUPS: tuple[CommandGroup, ...] = (BrokerCommands(), MinionsCommands())
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
 
 
 def _add_timeout(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=_positive_seconds,
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
         help=f"{what} (default: {DEFAULT_TIMEOUT:g})",
@@ -127,8 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _error(message: str) -> int:
     """One ``func-amqp: error:`` line; details such as a log excerpt follow it."""
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return EXIT_ERROR
+    report(PROG, message)
+    return EXIT_FAILED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -141,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args, Paths.resolve(args.conf))
-    except FuncAmqpError as exc:
+    except USER_ERRORS as exc:
         return _error(str(exc))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -11,6 +11,7 @@ from func_amqp.errors import FuncAmqpError, FuncException
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 USER_ERRORS: tuple[type[BaseException], ...] = (FuncAmqpError, FuncException)
 """Failures reported as one line; anything else is a bug and keeps its traceback."""
@@ -34,7 +35,7 @@ def run_main(prog: str, body: Callable[[], int]) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def setup_logging(level: str, *, quiet_client_library: bool = False) -> None:

@@ -45,7 +45,6 @@ from func_amqp.protocol.messages import (
     QueryResponse,
     QueryTarget,
     Reply,
-    Request,
 )
 from func_amqp.transport.base import Delivery, Transport
 
@@ -94,6 +93,18 @@ def exception_reply(exc: BaseException, with_traceback: bool = True) -> Exceptio
 
 def code_reply(code: Code, text: str) -> ExceptionResponse:
     return ExceptionResponse(int(code), text)
+
+
+def _invoke(method: Any, request: MethodRequest) -> Reply:
+    """Run a module method in a worker thread; whatever it raises becomes its answer.
+
+    BaseException too: a module calling sys.exit() must not take the minion down.
+    """
+    try:
+        return MethodResponse(method(*request.args))
+    except BaseException as exc:  # noqa: B036 - see docstring
+        _log.info("%s failed: %s: %s", request.full_name, type(exc).__name__, exc)
+        return exception_reply(exc)
 
 
 class MinionService:
@@ -162,9 +173,15 @@ class MinionService:
         """Entry point for every message: nothing raised here may escape."""
         try:
             await self._handle(delivery)
-        except Exception:  # the last line of defence: log, dead-letter, keep serving
-            _log.exception("unexpected failure handling a message; dead-lettering it")
-            await delivery.reject()
+        except Exception as exc:  # the last line of defence: answer or dead-letter, keep serving
+            _log.exception("unexpected failure handling a message")
+            env = delivery.envelope
+            if env.reply_to:
+                await delivery.ack()  # a no-op if it was already settled
+                reply = code_reply(Code.INTERNAL_ERROR, f"the minion failed handling the request: {exc!r}")
+                await self._send_reply(env.reply_to, env.correlation_id, reply, env.deadline or 0)
+            else:
+                await delivery.reject()
 
     async def _handle(self, delivery: Delivery) -> None:
         env = delivery.envelope
@@ -188,7 +205,12 @@ class MinionService:
             await self._accept_call(delivery, request)
         else:
             await delivery.ack()
-            await self._send_reply(env.reply_to, env.correlation_id, self._answer(request), deadline)
+            if isinstance(request, AgentLocateRequest):
+                answer: Reply = AgentLocateResponse(self.agent_info())
+            else:  # schema answers run module code (register_method_args): off the loop,
+                # and not in the call pool, which long calls may fill
+                answer = await asyncio.to_thread(self._answer, request)
+            await self._send_reply(env.reply_to, env.correlation_id, answer, deadline)
 
     async def _refuse(self, delivery: Delivery, code: Code, text: str) -> None:
         env = delivery.envelope
@@ -200,10 +222,7 @@ class MinionService:
             _log.warning("dead-lettered a message without reply address (%s): %s", code.name, text)
             await delivery.reject()
 
-    def _answer(self, request: Request) -> Reply:
-        if isinstance(request, AgentLocateRequest):
-            return AgentLocateResponse(self.agent_info())
-        assert isinstance(request, QueryRequest)
+    def _answer(self, request: QueryRequest) -> Reply:
         if request.what is QueryTarget.SCHEMA_ID:
             return QueryResponse(
                 [{"_package_name": "func", "_class_name": m} for m in self.interface.list_modules()]
@@ -212,6 +231,8 @@ class MinionService:
             methods = self.interface.get_method_args(request.module)
         except FuncException as exc:
             return exception_reply(exc, with_traceback=False)
+        except Exception as exc:  # a module's broken registration is its caller's answer
+            return exception_reply(exc)
         return QueryResponse(
             [{"_schema_id": {"_package_name": "func", "_class_name": request.module}, "_methods": methods}]
         )
@@ -241,11 +262,7 @@ class MinionService:
     async def _run_call(self, reply_to: str | None, correlation_id: str | None, request: MethodRequest, method: Any) -> None:
         loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(self._executor, lambda: method(*request.args))
-            reply: Reply = MethodResponse(result)
-        except Exception as exc:  # a module's failure is the caller's result, not ours
-            _log.info("%s failed: %s: %s", request.full_name, type(exc).__name__, exc)
-            reply = exception_reply(exc)
+            reply = await loop.run_in_executor(self._executor, _invoke, method, request)
         finally:
             self._slots.release()
         await self._send_reply(reply_to, correlation_id, reply, request.deadline)
@@ -274,6 +291,5 @@ class MinionService:
                     _log.warning("reply to %s dropped after its deadline: %s", reply_to, exc)
                     return
                 _log.debug("reply to %s not delivered yet (%s); retrying", reply_to, exc)
-                if not await self.transport.wait_connected(remaining):
-                    continue
-                await asyncio.sleep(min(REPLY_RETRY_INTERVAL, max(remaining, 0)))
+                await self.transport.wait_connected(remaining)
+                await asyncio.sleep(min(REPLY_RETRY_INTERVAL, max(give_up - time.time(), 0)))

@@ -14,14 +14,17 @@ import uuid
 from typing import Any
 
 from func_amqp.errors import (
+    CallFailed,
     Code,
     MinionTimeout,
     MinionUnreachable,
     ProtocolError,
     RemoteError,
+    TransportError,
     Unroutable,
 )
 from func_amqp.protocol import codec
+from func_amqp.protocol.envelope import Envelope
 from func_amqp.protocol.messages import (
     AgentInfo,
     AgentLocateRequest,
@@ -39,6 +42,7 @@ from func_amqp.transport.base import Delivery, Transport
 
 _log = logging.getLogger(__name__)
 
+SEND_RETRY_INTERVAL = 0.2
 LOCATE_GRACE = 0.05
 """Seconds to keep listening after every expected minion answered a locate."""
 
@@ -86,9 +90,10 @@ class RpcClient:
         self._pending[cid] = future
         try:
             env = codec.encode(message, correlation_id=cid, reply_to=self._reply_to)
+            deadline = getattr(message, "deadline", 0) or time.time() + timeout
             try:
-                await asyncio.wait_for(self.transport.send(target, env), timeout)
-                return await asyncio.wait_for(future, max(getattr(message, "deadline", 0) - time.time(), 0))
+                await asyncio.wait_for(self._send(target, env, deadline), timeout)
+                return await asyncio.wait_for(future, max(deadline - time.time(), 0))
             except Unroutable:
                 raise MinionUnreachable(
                     f"minion {target} is not connected to the broker (is funcd running there?)"
@@ -97,6 +102,20 @@ class RpcClient:
                 raise MinionTimeout(f"minion {target} did not answer within {timeout:g} s") from None
         finally:
             self._pending.pop(cid, None)
+
+    async def _send(self, target: str, env: Envelope, deadline: float) -> None:
+        """Send, riding out a broker reconnect until the deadline."""
+        while True:
+            try:
+                await self.transport.send(target, env)
+                return
+            except Unroutable:
+                raise
+            except TransportError as exc:
+                remaining = deadline - time.time()
+                if remaining <= 0 or not await self.transport.wait_connected(remaining):
+                    raise CallFailed(f"cannot send to minion {target}: {exc}") from None
+                await asyncio.sleep(SEND_RETRY_INTERVAL)
 
     async def call(self, target: str, module: str, method: str, args: list[Any], timeout: float) -> Any:
         """``module.method(*args)`` on ``target``; the result, or a RemoteCallError."""

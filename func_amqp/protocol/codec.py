@@ -1,7 +1,8 @@
 """Encoding messages into envelopes and back, with every check an untrusted input needs.
 
-Bodies are JSON (AMQP 0-9-1 has no map type; docs/protocol.md says why). ``bytes``
-travel as ``{"__bytes__": "<base64>"}``. Decoding never trusts the sender: size, content
+Bodies are strict JSON (AMQP 0-9-1 has no map type; docs/protocol.md says why; no
+NaN or Infinity, which other languages' parsers refuse). ``bytes`` travel as
+``{"__bytes__": "<base64>"}``. Decoding never trusts the sender: size, content
 type, protocol version, opcode and body shape are all checked, and every failure is a
 :class:`ProtocolError` carrying the command-complete code to answer with.
 """
@@ -75,15 +76,19 @@ def _reject_tag_lookalikes(value: Any) -> None:
 
 def dumps(value: Any) -> bytes:
     """Serialize plain data; raises TypeError for values that cannot travel."""
-    text = json.dumps(value, default=_default, separators=(",", ":"))
+    text = json.dumps(value, default=_default, separators=(",", ":"), allow_nan=False)
     if f'"{BYTES_TAG}"' in text:
         _reject_tag_lookalikes(value)
     return text.encode("utf-8")
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def loads(data: bytes) -> Any:
     try:
-        return json.loads(data.decode("utf-8"), object_hook=_object_hook)
+        return json.loads(data.decode("utf-8"), object_hook=_object_hook, parse_constant=_no_constant)
     except UnicodeDecodeError:
         raise ProtocolError("the body is not UTF-8") from None
     except (ValueError, RecursionError) as exc:

@@ -36,6 +36,7 @@ DEAD_LETTER_QUEUE = "func.dead-letters"
 DEAD_LETTER_MAX_LENGTH = 10_000
 
 MINION_QUEUE_PREFIX = "func.minion."
+PRESENCE_QUEUE_SUFFIX = ".presence"
 REPLY_QUEUE_PREFIX = "func.reply."
 HEARTBEAT_KEY_PREFIX = "agent.heartbeat."
 
@@ -43,6 +44,11 @@ HEARTBEAT_KEY_PREFIX = "agent.heartbeat."
 def minion_queue(name: str) -> str:
     """The request queue a minion consumes from."""
     return MINION_QUEUE_PREFIX + name
+
+
+def minion_presence_queue(name: str) -> str:
+    """The queue a minion receives broadcasts (agent locate) on."""
+    return MINION_QUEUE_PREFIX + name + PRESENCE_QUEUE_SUFFIX
 
 
 def heartbeat_key(name: str) -> str:

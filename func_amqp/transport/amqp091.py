@@ -160,8 +160,7 @@ class Amqp091Transport(Transport):
         self._minions: AbstractRobustExchange | None = None
         self._broadcast: AbstractRobustExchange | None = None
         self._events: AbstractRobustExchange | None = None
-        self._minion_queue: AbstractRobustQueue | None = None
-        self._minion_tag: str | None = None
+        self._bindings: list[tuple[AbstractRobustQueue, str, str]] = []
 
     # --- connection -----------------------------------------------------------------
 
@@ -227,6 +226,8 @@ class Amqp091Transport(Transport):
             yield
         except aiormq.exceptions.PublishError as exc:
             raise Unroutable(f"{what}: no queue is bound at that address") from exc
+        except aiormq.exceptions.DeliveryError as exc:
+            raise TransportError(f"{what}: the broker refused the message") from exc
         except CONNECTION_ERRORS as exc:
             raise TransportError(f"{what}: the broker connection is not usable ({exc!r})") from exc
 
@@ -264,21 +265,33 @@ class Amqp091Transport(Transport):
                     f"a minion named {name!r} is already connected to the broker; "
                     "give this one another name (--name or minion_name)"
                 ) from exc
-            await queue.bind(names.MINIONS_EXCHANGE, routing_key=name)
-            await queue.bind(names.BROADCAST_EXCHANGE)
+            # broadcasts get their own queue (and prefetch window): a minion whose call
+            # slots are all busy still answers discovery
+            presence = await consume.declare_queue(
+                names.minion_presence_queue(name),
+                exclusive=True,
+                arguments={"x-dead-letter-exchange": names.DEAD_LETTER_EXCHANGE},
+            )
 
             async def on_message(message: AbstractIncomingMessage) -> None:
                 await handler(_Delivery(message))
 
-            self._minion_tag = await queue.consume(on_message)
-            self._minion_queue = queue
+            await queue.consume(on_message)
+            await presence.consume(on_message)
+            await queue.bind(names.MINIONS_EXCHANGE, routing_key=name)
+            await presence.bind(names.BROADCAST_EXCHANGE)
+            self._bindings = [
+                (queue, names.MINIONS_EXCHANGE, name),
+                (presence, names.BROADCAST_EXCHANGE, presence.name),
+            ]
 
     async def stop_serving(self) -> None:
-        queue, tag = self._minion_queue, self._minion_tag
-        self._minion_queue = self._minion_tag = None
-        if queue is not None and tag is not None:
+        """Unbind, so new requests come back unroutable at once; the consumers stay to
+        refuse whatever was queued before (the service answers SHUTTING_DOWN)."""
+        bindings, self._bindings = self._bindings, []
+        for queue, exchange, key in bindings:
             with contextlib.suppress(*CONNECTION_ERRORS):
-                await queue.cancel(tag)
+                await queue.unbind(exchange, routing_key=key)
 
     async def reply(self, reply_to: str, envelope: Envelope) -> None:
         await self._publish_to(None, reply_to, envelope, f"cannot reply to {reply_to!r}", True)

@@ -110,8 +110,11 @@ class MemoryTransport(Transport):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _deliver(self, minion: _Minion, env: Envelope) -> None:
+    def _deliver(self, minion: _Minion, env: Envelope, *, broadcast: bool = False) -> None:
         env = copy.deepcopy(env)
+        if broadcast:  # broadcasts have their own queue and window, as on the broker
+            self._spawn(minion.handler, _MemoryDelivery(env, self._hub, None))
+            return
 
         async def run(delivery: _MemoryDelivery) -> None:
             await minion.slots.acquire()
@@ -161,7 +164,7 @@ class MemoryTransport(Transport):
     async def broadcast(self, envelope: Envelope) -> None:
         self._check()
         for minion in list(self._hub.minions.values()):
-            self._deliver(minion, envelope)
+            self._deliver(minion, envelope, broadcast=True)
 
     async def subscribe_events(self, pattern: str, handler: Handler) -> None:
         self._check()

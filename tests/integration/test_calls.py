@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -179,3 +180,42 @@ def test_groups_and_exclusion_from_the_command_line(minions: MinionFactory, pref
     assert out.stdout.splitlines() == [f"[ ok ... ] {prefix}-3"], out.stderr
     out = run_cli("func_amqp.cli.func", "@nosuch", "ping", env=func_env)
     assert out.returncode == 1 and "nosuch" in out.stderr and len(out.stderr.splitlines()) == 1
+
+
+def test_graceful_stop_finishes_running_calls_and_refuses_new_ones(minions: MinionFactory, prefix: str) -> None:
+    name = f"{prefix}-1"
+    minion = minions.start(name)
+    outcome: dict[str, object] = {}
+
+    def long_call() -> None:
+        outcome["result"] = Overlord(name, timeout=30, noglobs=True).test.sleep(2)
+
+    caller = threading.Thread(target=long_call)
+    caller.start()
+    time.sleep(0.5)
+    minion.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    refused = Overlord(name, timeout=30, noglobs=True).test.ping()
+    assert time.monotonic() - t0 < FAST_FAILURE
+    assert refused[1] in ("func_amqp.errors.MinionUnreachable", "func_amqp.errors.RemoteError.SHUTTING_DOWN")
+    caller.join(30)
+    assert isinstance(outcome["result"], float)
+    assert minion.proc.wait(30) == 0
+
+
+def test_minion_directory_commands(minions: MinionFactory, prefix: str, func_env: dict[str, str]) -> None:
+    a = minions.start(f"{prefix}-a")
+    minions.start(f"{prefix}-b")
+    out = run_cli("func_amqp.cli.admin", "minions", "list", env=func_env)
+    rows = {line.split("\t")[0]: line.split("\t")[1] for line in out.stdout.splitlines()}
+    assert rows[f"{prefix}-a"] == rows[f"{prefix}-b"] == "up", out.stderr
+    a.stop()
+    out = run_cli("func_amqp.cli.admin", "minions", "list", env=func_env)
+    assert f"{prefix}-a\tdown" in out.stdout
+    out = run_cli("func_amqp.cli.admin", "minions", "forget", f"{prefix}-a", env=func_env)
+    assert out.returncode == 0 and out.stdout.strip() == f"forgot {prefix}-a"
+    out = run_cli("func_amqp.cli.func", f"{prefix}-*", "list_minions", env=func_env)
+    assert out.stdout.split() == [f"{prefix}-b"]
+    out = run_cli("func_amqp.cli.admin", "minions", "forget", "nobody", env=func_env)
+    assert out.returncode == 1 and "nobody" in out.stderr

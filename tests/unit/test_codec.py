@@ -743,10 +743,19 @@ def test_agent_info_with_bad_fields(opcode: Opcode, field: str, value: Any, matc
     refused(raw(agent_body(**{field: value}), opcode), match=match)
 
 
-@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
-def test_agent_numbers_must_be_finite(literal: bytes) -> None:
+@pytest.mark.parametrize(
+    ("literal", "match"),
+    [(b"NaN", "NaN is not JSON"), (b"Infinity", "Infinity is not JSON"), (b"-Infinity", "Infinity is not JSON"), (b"1e999", "finite")],
+)
+def test_agent_numbers_must_be_finite(literal: bytes, match: str) -> None:
     body = b'{"_values": {"name": "m1", "heartbeat_interval": ' + literal + b"}}"
-    refused(raw(body, Opcode.AGENT_HEARTBEAT), match="finite")
+    refused(raw(body, Opcode.AGENT_HEARTBEAT), match=match)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_floats_cannot_travel(value: float) -> None:
+    with pytest.raises(ValueError):
+        codec.dumps({"x": [value]})
 
 
 @pytest.mark.parametrize("values", [None, [], "m1"])

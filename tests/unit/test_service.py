@@ -48,6 +48,20 @@ class Probe(FuncModule):
         time.sleep(seconds)
         return seconds
 
+    def quit(self) -> None:
+        raise SystemExit(3)
+
+    def not_json(self) -> float:
+        return float("nan")
+
+
+class BrokenRegistration(FuncModule):
+    def anything(self) -> int:
+        return 1
+
+    def register_method_args(self) -> dict:
+        raise RuntimeError("registration blew up")
+
 
 @pytest.fixture
 def url() -> str:
@@ -62,6 +76,7 @@ async def minion(url: str) -> AsyncIterator[MinionService]:
     await transport.connect()
     modules = dict(load_modules())
     modules["probe"] = Probe()
+    modules["broken"] = BrokenRegistration()
     service = MinionService(
         transport,
         AmqpInterface(modules),
@@ -268,3 +283,28 @@ async def test_stop_lets_running_calls_finish(url: str, minion: MinionService, r
     assert isinstance(reply, MethodResponse) and reply.result == 0.3
     with pytest.raises(Exception, match="not connected"):
         await raw.send(request_env(raw, "test", "ping", []))
+
+
+async def test_module_calling_sys_exit_does_not_stop_the_minion(overlord: AsyncOverlord) -> None:
+    err = (await overlord.probe.quit())["m1"]
+    assert err[1] == "builtins.SystemExit"
+    assert await overlord.test.ping() == {"m1": 1}
+
+
+async def test_non_finite_result_cannot_travel(overlord: AsyncOverlord) -> None:
+    err = (await overlord.probe.not_json())["m1"]
+    assert "RESULT_NOT_SERIALIZABLE" in err[1]
+
+
+async def test_broken_registration_is_answered_not_timed_out(overlord: AsyncOverlord) -> None:
+    start = time.monotonic()
+    with pytest.raises(Exception, match="registration blew up"):
+        await overlord.method_args("broken", timeout=5)
+    assert time.monotonic() - start < 4
+
+
+async def test_busy_minion_still_answers_discovery(overlord: AsyncOverlord) -> None:
+    busy = [asyncio.ensure_future(overlord.call("probe", "slow", 1)) for _ in range(CONCURRENCY * 2)]
+    await asyncio.sleep(0.1)
+    assert set(await overlord.locate(0.5)) == {"m1"}
+    await asyncio.gather(*busy)
