@@ -1,8 +1,8 @@
 """AMQP 0-9-1 transport on aio-pika's robust connection (RabbitMQ).
 
 Mapping (docs/protocol.md): a minion consumes an exclusive queue ``func.minion.<name>``
-bound to the direct exchange ``func.minions`` under its name and to the fanout
-``func.broadcast``. Exclusivity means a stopped or crashed minion has no queue, so a
+bound to the direct exchange ``func.minions`` under its name, and an exclusive
+``func.minion.<name>.presence`` bound to the fanout ``func.broadcast``. Exclusivity means a stopped or crashed minion has no queue, so a
 request to it comes straight back (``mandatory`` + publisher confirms) instead of
 waiting for a timeout, and a second minion of the same name is refused. Replies go
 through the default exchange to the caller's exclusive ``func.reply.<id>`` queue.
