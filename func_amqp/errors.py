@@ -7,6 +7,7 @@ Hierarchy::
      ├── InvalidMethodException        module loaded, method unknown
      ├── AccessToMethodDenied          refused by the ACLs
      ├── ArgumentError                 arguments break the method's registration
+     ├── CallCancelled                 the caller cancelled the running call
      └── Func_Client_Exception         overlord-side misuse (bad spec, no minions, ...)
     FuncAmqpError                      func-amqp's own failures
      ├── ConfigError                   a config file or setting is invalid
@@ -46,6 +47,7 @@ class Code(enum.IntEnum):
     UNSUPPORTED_VERSION = 11
     SHUTTING_DOWN = 12
     INTERNAL_ERROR = 13
+    CANCELLED = 14
 
     @property
     def description(self) -> str:
@@ -66,6 +68,7 @@ _DESCRIPTIONS = {
     Code.UNSUPPORTED_VERSION: "the request speaks a protocol version this minion does not",
     Code.SHUTTING_DOWN: "the minion is stopping and takes no new calls",
     Code.INTERNAL_ERROR: "the minion failed while handling the request",
+    Code.CANCELLED: "the caller cancelled the call",
 }
 
 
@@ -90,6 +93,10 @@ class AccessToMethodDenied(FuncException):
 
 class ArgumentError(FuncException):
     """The arguments do not fit the method's registered arguments."""
+
+
+class CallCancelled(FuncException):
+    """The caller cancelled the call (raised in module code by progress.check_cancelled)."""
 
 
 class Func_Client_Exception(FuncException):  # noqa: N801 - func's public name
@@ -178,6 +185,7 @@ EXCEPTION_CODES: dict[type[BaseException], Code] = {
     InvalidMethodException: Code.METHOD_NOT_FOUND,
     AccessToMethodDenied: Code.ACCESS_DENIED,
     ArgumentError: Code.INVALID_ARGUMENTS,
+    CallCancelled: Code.CANCELLED,
 }
 
 

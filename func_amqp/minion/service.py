@@ -17,6 +17,7 @@ import concurrent.futures
 import logging
 import time
 import traceback
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,19 +26,25 @@ from typing import Any
 import func_amqp
 from func_amqp.errors import (
     EXCEPTION_CODES,
+    CallCancelled,
     Code,
     FuncException,
     ProtocolError,
     TransportError,
     qualified_name,
 )
+from func_amqp.minion import progress
+from func_amqp.minion.calls import InFlightCall
+from func_amqp.minion.progress import CallContext
 from func_amqp.minion.server import AmqpInterface
 from func_amqp.protocol import codec, names
+from func_amqp.protocol.envelope import Envelope
 from func_amqp.protocol.messages import (
     AgentHeartbeat,
     AgentInfo,
     AgentLocateRequest,
     AgentLocateResponse,
+    CancelRequest,
     ExceptionResponse,
     MethodRequest,
     MethodResponse,
@@ -45,12 +52,17 @@ from func_amqp.protocol.messages import (
     QueryResponse,
     QueryTarget,
     Reply,
+    SubscribeRequest,
 )
 from func_amqp.transport.base import Delivery, Transport
 
 _log = logging.getLogger(__name__)
 
 _STDLIB = str(Path(concurrent.futures.__file__).resolve().parent)
+
+CANCEL_GRACE = 30.0
+"""Seconds a cancelled method has to stop (a process group gets SIGINT, TERM at +10 s and
+KILL at +20 s) before its callers are told CANCELLED regardless."""
 
 REPLY_RETRY_INTERVAL = 0.5
 REPLY_GRACE = 5.0
@@ -95,16 +107,20 @@ def code_reply(code: Code, text: str) -> ExceptionResponse:
     return ExceptionResponse(int(code), text)
 
 
-def _invoke(method: Any, request: MethodRequest) -> Reply:
+def _invoke(method: Any, request: MethodRequest, context: CallContext) -> Reply:
     """Run a module method in a worker thread; whatever it raises becomes its answer.
 
     BaseException too: a module calling sys.exit() must not take the minion down.
+    A failure after the caller cancelled is reported as the cancel it most likely is.
     """
-    try:
-        return MethodResponse(method(*request.args))
-    except BaseException as exc:  # noqa: B036 - see docstring
-        _log.info("%s failed: %s: %s", request.full_name, type(exc).__name__, exc)
-        return exception_reply(exc)
+    with progress.bound(context):
+        try:
+            return MethodResponse(method(*request.args))
+        except BaseException as exc:  # noqa: B036 - see docstring
+            _log.info("%s failed: %s: %s", request.full_name, type(exc).__name__, exc)
+            if context.cancel_event.is_set() and not isinstance(exc, CallCancelled):
+                return code_reply(Code.CANCELLED, f"the call was cancelled ({type(exc).__name__}: {exc})")
+            return exception_reply(exc)
 
 
 class MinionService:
@@ -120,6 +136,7 @@ class MinionService:
             max_workers=settings.max_concurrent_calls, thread_name_prefix="func-call"
         )
         self._inflight: set[asyncio.Task[None]] = set()
+        self._calls: dict[str, InFlightCall] = {}
         self._heartbeat: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -193,20 +210,25 @@ class MinionService:
         except ProtocolError as exc:
             await self._refuse(delivery, exc.code, str(exc))
             return
-        assert isinstance(request, (MethodRequest, QueryRequest, AgentLocateRequest))
+        assert isinstance(request, (MethodRequest, QueryRequest, AgentLocateRequest, SubscribeRequest, CancelRequest))
         deadline = getattr(request, "deadline", 0.0)
         if deadline and deadline < time.time():
             await self._refuse(delivery, Code.EXPIRED, "the request's deadline passed before it could start")
             return
-        if self._stopping:
+        if self._stopping and isinstance(request, MethodRequest):
             await self._refuse(delivery, Code.SHUTTING_DOWN, "the minion is stopping; call again later")
             return
         if isinstance(request, MethodRequest):
             await self._accept_call(delivery, request)
+        elif isinstance(request, SubscribeRequest):
+            await delivery.ack()
+            await self._subscribe(env, request)
         else:
             await delivery.ack()
             if isinstance(request, AgentLocateRequest):
                 answer: Reply = AgentLocateResponse(self.agent_info())
+            elif isinstance(request, CancelRequest):
+                answer = self._cancel(request)
             else:  # schema answers run module code (register_method_args): off the loop,
                 # and not in the call pool, which long calls may fill
                 answer = await asyncio.to_thread(self._answer, request)
@@ -255,17 +277,66 @@ class MinionService:
             await self._refuse(delivery, Code.EXPIRED, "the request's deadline passed while it waited for a free slot")
             return
         await delivery.ack()
-        task = asyncio.get_running_loop().create_task(self._run_call(env.reply_to, env.correlation_id, request, method))
+        call_id = env.correlation_id or env.message_id or uuid.uuid4().hex
+        call = InFlightCall(call_id, request.full_name, self._send_indication)
+        if env.reply_to:
+            call.follow(env.reply_to, call_id)
+        self._calls[call_id] = call
+        task = asyncio.get_running_loop().create_task(self._run_call(call, request, method))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
-    async def _run_call(self, reply_to: str | None, correlation_id: str | None, request: MethodRequest, method: Any) -> None:
+    async def _run_call(self, call: InFlightCall, request: MethodRequest, method: Any) -> None:
         loop = asyncio.get_running_loop()
         try:
-            reply = await loop.run_in_executor(self._executor, _invoke, method, request)
+            reply = await loop.run_in_executor(self._executor, _invoke, method, request, call.context)
         finally:
             self._slots.release()
-        await self._send_reply(reply_to, correlation_id, reply, request.deadline)
+        await self._finish(call, reply, request.deadline)
+
+    async def _finish(self, call: InFlightCall, reply: Reply, deadline: float) -> None:
+        """Send the final reply to every follower, after the indications before it."""
+        if call.finished:
+            return  # abandoned after a cancel: its late result has nobody to go to
+        self._calls.pop(call.call_id, None)
+        await call.close()
+        await asyncio.gather(
+            *(self._send_reply(reply_to, cid, reply, deadline) for reply_to, cid in call.followers)
+        )
+
+    async def _send_indication(self, reply_to: str, correlation_id: str, item: Reply) -> None:
+        await self.transport.reply(reply_to, self._encode_reply(item, correlation_id))
+
+    # --- following and cancelling ----------------------------------------------------
+
+    async def _subscribe(self, env: Envelope, request: SubscribeRequest) -> None:
+        call = self._calls.get(request.call_id)
+        if not env.reply_to or not env.correlation_id:
+            return
+        if call is None:
+            reply = code_reply(Code.BAD_REQUEST, f"no running call {request.call_id!r} on this minion (it may have finished)")
+            await self._send_reply(env.reply_to, env.correlation_id, reply, request.deadline)
+            return
+        call.follow(env.reply_to, env.correlation_id)
+
+    def _cancel(self, request: CancelRequest) -> Reply:
+        call = self._calls.get(request.call_id)
+        if call is None:
+            return MethodResponse(False)
+        _log.info("cancelling %s (%s)", call.full_name, call.call_id)
+        call.context.cancel()
+        asyncio.get_running_loop().call_later(CANCEL_GRACE, self._abandon, call)
+        return MethodResponse(True)
+
+    def _abandon(self, call: InFlightCall) -> None:
+        """A cancelled method that did not stop in time is answered CANCELLED anyway."""
+        if self._calls.get(call.call_id) is not call:
+            return
+        _log.warning("%s did not stop within %.0fs of its cancel; answering CANCELLED", call.full_name, CANCEL_GRACE)
+        reply = code_reply(Code.CANCELLED, f"the call was cancelled; {call.full_name} did not stop within {CANCEL_GRACE:g} s")
+        task = asyncio.get_running_loop().create_task(self._finish(call, reply, time.time() + REPLY_GRACE))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
 
     # --- replying -------------------------------------------------------------------
 

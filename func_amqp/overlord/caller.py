@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence
 
 from func_amqp import utils
 from func_amqp.config import OverlordConfig, Paths, resolve_broker_url
@@ -23,7 +25,7 @@ from func_amqp.overlord.directory import MinionDirectory
 from func_amqp.overlord.groups import Groups
 from func_amqp.overlord.rpc import RpcClient
 from func_amqp.overlord.targets import resolve_spec, spec_needs_directory
-from func_amqp.protocol.messages import AgentInfo
+from func_amqp.protocol.messages import AgentInfo, Indication, ProgressIndication
 from func_amqp.transport import Transport, transport_for_url
 
 
@@ -38,6 +40,46 @@ def remote_error_value(exc: RemoteCallError) -> list[Any]:
                 etype = qualified_name(RemoteError)
         return utils.remote_error(etype, exc.text, exc.traceback)
     return utils.remote_error(qualified_name(type(exc)), str(exc))
+
+
+CALL_ID_SEPARATOR = ":"
+CONTROL_TIMEOUT = 10.0
+"""Seconds to wait for a minion to acknowledge a cancel."""
+
+
+def new_call_id() -> str:
+    """A fresh call id: short enough to type into ``func ... cancel ID``."""
+    return uuid.uuid4().hex[:16]
+
+
+def minion_call_id(call_id: str, minion: str) -> str:
+    """The id one minion knows a fan-out call by: unique per minion, derivable."""
+    return f"{call_id}{CALL_ID_SEPARATOR}{minion}"
+
+
+@dataclass(frozen=True)
+class CallEvent:
+    """Something one minion said about a running call: progress, log lines, its end."""
+
+    minion: str
+    call_id: str
+    progress: ProgressIndication | None = None
+    lines: tuple[str, ...] = ()
+    result: Any = None
+    done: bool = False
+
+
+EventCallback = Callable[[CallEvent], None]
+
+
+def _listener(minion: str, cid: str, on_event: EventCallback) -> Callable[[Indication], None]:
+    def listener(indication: Indication) -> None:
+        if isinstance(indication, ProgressIndication):
+            on_event(CallEvent(minion, cid, progress=indication))
+        else:
+            on_event(CallEvent(minion, cid, lines=tuple(indication.lines)))
+
+    return listener
 
 
 def split_method_path(path: Sequence[str]) -> tuple[str, str]:
@@ -163,23 +205,99 @@ class AsyncOverlord:
 
     # --- calls ------------------------------------------------------------------------
 
-    async def call_minion(self, minion: str, module: str, method: str, args: Sequence[Any], timeout: float | None = None) -> Any:
+    async def call_minion(
+        self,
+        minion: str,
+        module: str,
+        method: str,
+        args: Sequence[Any],
+        timeout: float | None = None,
+        *,
+        call_id: str | None = None,
+        on_event: EventCallback | None = None,
+    ) -> Any:
         """One minion's result, or its REMOTE_ERROR value."""
+        cid = minion_call_id(call_id or new_call_id(), minion)
+        listener = _listener(minion, cid, on_event) if on_event else None
         try:
-            return await self.rpc.call(minion, module, method, list(args), timeout or self.timeout)
+            return await self.rpc.call(
+                minion, module, method, list(args), timeout or self.timeout, call_id=cid, on_indication=listener
+            )
         except RemoteCallError as exc:
             return remote_error_value(exc)
 
-    async def call(self, module: str, method: str, *args: Any, timeout: float | None = None) -> Any:
-        """``{minion: result}`` for every targeted minion; bare result with noglobs."""
+    async def call(
+        self,
+        module: str,
+        method: str,
+        *args: Any,
+        timeout: float | None = None,
+        call_id: str | None = None,
+        on_event: EventCallback | None = None,
+    ) -> Any:
+        """``{minion: result}`` for every targeted minion; bare result with noglobs.
+
+        ``on_event`` receives each minion's progress and log lines as they come.
+        ``call_id`` (default: a fresh one) names the call for :meth:`cancel`/:meth:`follow`.
+        """
         targets = await self.minions()
+        call_id = call_id or new_call_id()
         results = await asyncio.gather(
-            *(self.call_minion(m, module, method, args, timeout) for m in targets)
+            *(self.call_minion(m, module, method, args, timeout, call_id=call_id, on_event=on_event) for m in targets)
         )
-        by_minion = dict(zip(targets, results))
-        if self.noglobs:
-            return results[0]
-        return by_minion
+        return self._shape(dict(zip(targets, results)))
+
+    def _shape(self, by_minion: dict[str, Any]) -> Any:
+        return next(iter(by_minion.values())) if self.noglobs else by_minion
+
+    async def stream(self, module: str, method: str, *args: Any, timeout: float | None = None, call_id: str | None = None) -> AsyncIterator[CallEvent]:
+        """The call's events as they come, each minion's result as a final event."""
+        events: asyncio.Queue[CallEvent | None] = asyncio.Queue()
+        targets = await self.minions()
+        call_id = call_id or new_call_id()
+
+        async def one(minion: str) -> None:
+            result = await self.call_minion(minion, module, method, args, timeout, call_id=call_id, on_event=events.put_nowait)
+            events.put_nowait(CallEvent(minion, minion_call_id(call_id, minion), result=result, done=True))
+
+        tasks = [asyncio.ensure_future(one(m)) for m in targets]
+        try:
+            for _ in range(len(targets)):
+                while True:
+                    event = await events.get()
+                    assert event is not None
+                    yield event
+                    if event.done:
+                        break
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def cancel(self, call_id: str, timeout: float | None = None) -> Any:
+        """Cancel a running call on the targeted minions: ``{minion: True/False}``."""
+        targets = await self.minions()
+
+        async def one(minion: str) -> Any:
+            try:
+                return await self.rpc.cancel(minion, minion_call_id(call_id, minion), timeout or CONTROL_TIMEOUT)
+            except RemoteCallError as exc:
+                return remote_error_value(exc)
+
+        return self._shape(dict(zip(targets, await asyncio.gather(*(one(m) for m in targets)))))
+
+    async def follow(self, call_id: str, *, timeout: float | None = None, on_event: EventCallback | None = None) -> Any:
+        """Re-attach to a running call: its events from now on, then ``{minion: result}``."""
+        targets = await self.minions()
+
+        async def one(minion: str) -> Any:
+            cid = minion_call_id(call_id, minion)
+            listener = _listener(minion, cid, on_event) if on_event else None
+            try:
+                return await self.rpc.follow(minion, cid, timeout or self.timeout, listener)
+            except RemoteCallError as exc:
+                return remote_error_value(exc)
+
+        return self._shape(dict(zip(targets, await asyncio.gather(*(one(m) for m in targets)))))
 
     async def method_args(self, module: str, timeout: float | None = None) -> dict[str, Any]:
         """The module's registered arguments, from the first targeted minion that answers."""

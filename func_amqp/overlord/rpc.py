@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 from func_amqp.errors import (
     CallFailed,
@@ -29,18 +29,25 @@ from func_amqp.protocol.messages import (
     AgentInfo,
     AgentLocateRequest,
     AgentLocateResponse,
+    CancelRequest,
     ExceptionResponse,
+    Indication,
+    LogIndication,
     MethodRequest,
     MethodResponse,
+    ProgressIndication,
     QueryRequest,
     QueryResponse,
     QueryTarget,
     Reply,
     Request,
+    SubscribeRequest,
 )
 from func_amqp.transport.base import Delivery, Transport
 
 _log = logging.getLogger(__name__)
+
+IndicationListener = Callable[[Indication], None]
 
 SEND_RETRY_INTERVAL = 0.2
 LOCATE_GRACE = 0.05
@@ -55,6 +62,7 @@ class RpcClient:
         self._max_bytes = max_message_bytes
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._collectors: dict[str, asyncio.Queue[Reply]] = {}
+        self._listeners: dict[str, IndicationListener] = {}
         self._reply_to: str | None = None
 
     async def start(self) -> None:
@@ -68,6 +76,14 @@ class RpcClient:
         except ProtocolError as exc:
             _log.warning("ignored a malformed reply (correlation %r): %s", cid, exc)
             reply = ExceptionResponse(int(exc.code), f"the minion's reply was malformed: {exc}")
+        if isinstance(reply, (ProgressIndication, LogIndication)):
+            listener = self._listeners.get(cid)
+            if listener is not None:
+                try:
+                    listener(reply)
+                except Exception:  # a caller's callback must not break reply handling
+                    _log.exception("progress callback failed")
+            return
         future = self._pending.pop(cid, None)
         if future is not None:
             if not future.done():
@@ -81,13 +97,26 @@ class RpcClient:
 
     # --- one request, one reply ------------------------------------------------------
 
-    async def request(self, target: str, message: Request, timeout: float) -> Reply:
-        """Send ``message`` to ``target`` and wait for its reply until ``timeout``."""
+    async def request(
+        self,
+        target: str,
+        message: Request,
+        timeout: float,
+        *,
+        correlation_id: str | None = None,
+        on_indication: IndicationListener | None = None,
+    ) -> Reply:
+        """Send ``message`` to ``target`` and wait for its reply until ``timeout``.
+
+        Indications tied to the request (progress, log lines) go to ``on_indication``.
+        """
         if self._reply_to is None:
             raise RuntimeError("RpcClient.start() was not called")
-        cid = uuid.uuid4().hex
+        cid = correlation_id or uuid.uuid4().hex
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[cid] = future
+        if on_indication is not None:
+            self._listeners[cid] = on_indication
         try:
             env = codec.encode(message, correlation_id=cid, reply_to=self._reply_to)
             deadline = getattr(message, "deadline", 0) or time.time() + timeout
@@ -102,6 +131,7 @@ class RpcClient:
                 raise MinionTimeout(f"minion {target} did not answer within {timeout:g} s") from None
         finally:
             self._pending.pop(cid, None)
+            self._listeners.pop(cid, None)
 
     async def _send(self, target: str, env: Envelope, deadline: float) -> None:
         """Send, riding out a broker reconnect until the deadline."""
@@ -117,10 +147,34 @@ class RpcClient:
                     raise CallFailed(f"cannot send to minion {target}: {exc}") from None
                 await asyncio.sleep(SEND_RETRY_INTERVAL)
 
-    async def call(self, target: str, module: str, method: str, args: list[Any], timeout: float) -> Any:
-        """``module.method(*args)`` on ``target``; the result, or a RemoteCallError."""
+    async def call(
+        self,
+        target: str,
+        module: str,
+        method: str,
+        args: list[Any],
+        timeout: float,
+        *,
+        call_id: str | None = None,
+        on_indication: IndicationListener | None = None,
+    ) -> Any:
+        """``module.method(*args)`` on ``target``; the result, or a RemoteCallError.
+
+        ``call_id`` names the call on the minion, for :meth:`cancel` and :meth:`follow`.
+        """
         request = MethodRequest(module, method, list(args), time.time() + timeout, target)
-        return _unwrap(await self.request(target, request, timeout))
+        reply = await self.request(target, request, timeout, correlation_id=call_id, on_indication=on_indication)
+        return _unwrap(reply)
+
+    async def cancel(self, target: str, call_id: str, timeout: float) -> bool:
+        """Ask ``target`` to cancel a running call; False if it has no such call."""
+        reply = await self.request(target, CancelRequest(call_id, time.time() + timeout), timeout)
+        return bool(_unwrap(reply))
+
+    async def follow(self, target: str, call_id: str, timeout: float, on_indication: IndicationListener | None = None) -> Any:
+        """Attach to a running call: its indications from now on, then its result."""
+        reply = await self.request(target, SubscribeRequest(call_id, time.time() + timeout), timeout, on_indication=on_indication)
+        return _unwrap(reply)
 
     async def method_args(self, target: str, module: str, timeout: float) -> dict[str, Any]:
         """The module's registered method arguments (func's get_method_args)."""

@@ -25,17 +25,24 @@ from func_amqp.protocol.messages import (
     AgentInfo,
     AgentLocateRequest,
     AgentLocateResponse,
+    CancelRequest,
     ExceptionResponse,
+    LogIndication,
     Message,
     MethodRequest,
     MethodResponse,
     Opcode,
+    ProgressIndication,
     QueryRequest,
     QueryResponse,
     QueryTarget,
+    SubscribeRequest,
 )
 
 BYTES_TAG = "__bytes__"
+KIND_PROGRESS = "progress"
+KIND_LOG = "log"
+MAX_LOG_LINES = 10_000
 OBJECT_NAME_PREFIX = "func:module:"
 MAX_NAME_LENGTH = 255
 
@@ -101,7 +108,7 @@ def loads(data: bytes) -> Any:
 def _role(opcode: Opcode) -> str:
     if opcode in _REQUEST_OPCODES:
         return names.ROLE_REQUEST
-    if opcode is Opcode.AGENT_HEARTBEAT:
+    if opcode in (Opcode.AGENT_HEARTBEAT, Opcode.DATA_INDICATION):
         return names.ROLE_INDICATION
     return names.ROLE_RESPONSE
 
@@ -150,6 +157,22 @@ def _body(message: Message) -> tuple[Opcode, Any]:
             return Opcode.AGENT_LOCATE_RESPONSE, {"_values": _agent_values(message.agent)}
         case AgentHeartbeat():
             return Opcode.AGENT_HEARTBEAT, {"_values": _agent_values(message.agent)}
+        case ProgressIndication():
+            return Opcode.DATA_INDICATION, {
+                "_values": {
+                    "kind": KIND_PROGRESS,
+                    "phase": message.phase,
+                    "current": message.current,
+                    "total": message.total,
+                    "message": message.message,
+                }
+            }
+        case LogIndication():
+            return Opcode.DATA_INDICATION, {"_values": {"kind": KIND_LOG, "lines": message.lines}}
+        case SubscribeRequest():
+            return Opcode.SUBSCRIBE_REQUEST, {"_call_id": message.call_id}
+        case CancelRequest():
+            return Opcode.CANCEL_REQUEST, {"_call_id": message.call_id}
     raise TypeError(f"not a protocol message: {message!r}")
 
 
@@ -286,6 +309,40 @@ def _decode_agent(body: Any, env: Envelope) -> AgentInfo:
     )
 
 
+def _optional_int(value: Any, what: str) -> int | None:
+    _require(value is None or (isinstance(value, int) and not isinstance(value, bool)), f"{what} must be an integer or null")
+    return value
+
+
+def _text(value: Any, what: str) -> str:
+    _require(isinstance(value, str), f"{what} must be a string")
+    return value
+
+
+def _decode_data_indication(body: Any, env: Envelope) -> ProgressIndication | LogIndication:
+    values = _map(_map(body, "the body").get("_values"), "_values")
+    kind = values.get("kind")
+    if kind == KIND_PROGRESS:
+        return ProgressIndication(
+            phase=_text(values.get("phase", ""), "phase"),
+            current=_optional_int(values.get("current"), "current"),
+            total=_optional_int(values.get("total"), "total"),
+            message=_text(values.get("message", ""), "message"),
+        )
+    if kind == KIND_LOG:
+        lines = values.get("lines")
+        _require(
+            isinstance(lines, list) and len(lines) <= MAX_LOG_LINES and all(isinstance(x, str) for x in lines),
+            f"lines must be a list of at most {MAX_LOG_LINES} strings",
+        )
+        return LogIndication(lines)
+    raise ProtocolError(f"unknown data indication kind {kind!r}")
+
+
+def _call_id(body: Any) -> str:
+    return _name(_map(body, "the body").get("_call_id"), "_call_id")
+
+
 def _decode_query_response(body: Any, env: Envelope) -> QueryResponse:
     _require(isinstance(body, list), "a query response body must be a list")
     return QueryResponse(body)
@@ -302,10 +359,19 @@ _DECODERS: dict[Opcode, Callable[[Any, Envelope], Message]] = {
     Opcode.AGENT_LOCATE_REQUEST: lambda body, env: AgentLocateRequest(env.deadline or 0.0),
     Opcode.AGENT_LOCATE_RESPONSE: lambda body, env: AgentLocateResponse(_decode_agent(body, env)),
     Opcode.AGENT_HEARTBEAT: lambda body, env: AgentHeartbeat(_decode_agent(body, env)),
+    Opcode.DATA_INDICATION: _decode_data_indication,
+    Opcode.SUBSCRIBE_REQUEST: lambda body, env: SubscribeRequest(_call_id(body), env.deadline or 0.0),
+    Opcode.CANCEL_REQUEST: lambda body, env: CancelRequest(_call_id(body), env.deadline or 0.0),
 }
 
 _REQUEST_OPCODES = frozenset(
-    {Opcode.METHOD_REQUEST, Opcode.QUERY_REQUEST, Opcode.AGENT_LOCATE_REQUEST}
+    {
+        Opcode.METHOD_REQUEST,
+        Opcode.QUERY_REQUEST,
+        Opcode.AGENT_LOCATE_REQUEST,
+        Opcode.SUBSCRIBE_REQUEST,
+        Opcode.CANCEL_REQUEST,
+    }
 )
 
 

@@ -18,6 +18,9 @@ class Opcode(str, enum.Enum):
     AGENT_LOCATE_REQUEST = "_agent_locate_request"
     AGENT_LOCATE_RESPONSE = "_agent_locate_response"
     AGENT_HEARTBEAT = "_agent_heartbeat_indication"
+    DATA_INDICATION = "_data_indication"
+    SUBSCRIBE_REQUEST = "_subscribe_request"
+    CANCEL_REQUEST = "_cancel_request"  # func-amqp's own: QMF has no method cancel
 
 
 class QueryTarget(str, enum.Enum):
@@ -97,6 +100,40 @@ class AgentHeartbeat:
     agent: AgentInfo
 
 
-Request = MethodRequest | QueryRequest | AgentLocateRequest
-Reply = MethodResponse | ExceptionResponse | QueryResponse | AgentLocateResponse
+@dataclass(frozen=True)
+class ProgressIndication:
+    """Where a running call stands; sent to its caller and followers."""
+
+    phase: str
+    current: int | None = None
+    total: int | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class LogIndication:
+    """Log lines a running call produced, in order."""
+
+    lines: list[str]
+
+
+@dataclass(frozen=True)
+class SubscribeRequest:
+    """Follow a running call: its indications and its result come to the sender too."""
+
+    call_id: str
+    deadline: float = 0.0
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    """Cancel a running call; answered with ``_method_response`` {"cancelled": bool}."""
+
+    call_id: str
+    deadline: float = 0.0
+
+
+Request = MethodRequest | QueryRequest | AgentLocateRequest | SubscribeRequest | CancelRequest
+Indication = ProgressIndication | LogIndication
+Reply = MethodResponse | ExceptionResponse | QueryResponse | AgentLocateResponse | ProgressIndication | LogIndication
 Message = Request | Reply | AgentHeartbeat

@@ -26,6 +26,10 @@ from func_amqp.protocol.messages import (
     QueryRequest,
     QueryResponse,
     QueryTarget,
+    CancelRequest,
+    LogIndication,
+    ProgressIndication,
+    SubscribeRequest,
 )
 
 MAX = 1024 * 1024
@@ -322,7 +326,13 @@ def test_module_name_at_the_length_limit() -> None:
 
 
 def test_is_request() -> None:
-    requests = {Opcode.METHOD_REQUEST, Opcode.QUERY_REQUEST, Opcode.AGENT_LOCATE_REQUEST}
+    requests = {
+        Opcode.METHOD_REQUEST,
+        Opcode.QUERY_REQUEST,
+        Opcode.AGENT_LOCATE_REQUEST,
+        Opcode.SUBSCRIBE_REQUEST,
+        Opcode.CANCEL_REQUEST,
+    }
     for opcode in Opcode:
         assert codec.is_request(opcode) is (opcode in requests)
 
@@ -510,7 +520,7 @@ def test_missing_opcode() -> None:
 
 def test_unknown_type_without_header() -> None:
     env = raw(method_body(), None)
-    env.type = "_data_indication"
+    env.type = "_subscribe_cancel_request"
     refused(env, Code.UNKNOWN_OPCODE)
 
 
@@ -944,3 +954,43 @@ def test_fuzz_decoded_messages_encode_again() -> None:
         assert type(again) is type(message)
         checked += 1
     assert checked > 200
+
+
+# --- indications, subscribe and cancel ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        ProgressIndication("build", 2, 5, "compiling"),
+        ProgressIndication("download"),
+        LogIndication(["line 1", "", "ünïcode"]),
+        SubscribeRequest("abc:m1", 1_900_000_000.0),
+        CancelRequest("abc:m1", 1_900_000_000.0),
+    ],
+)
+def test_new_kinds_round_trip(message: Any) -> None:
+    env = codec.encode(message, correlation_id="c", reply_to="r")
+    assert codec.decode(env, 1 << 20) == message
+
+
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        ({"kind": "gossip"}, "unknown data indication kind"),
+        ({"kind": "progress", "phase": 3}, "phase must be a string"),
+        ({"kind": "progress", "phase": "x", "current": "2"}, "current must be an integer"),
+        ({"kind": "progress", "phase": "x", "total": True}, "total must be an integer"),
+        ({"kind": "log", "lines": "one line"}, "lines must be a list"),
+        ({"kind": "log", "lines": [1]}, "lines must be a list"),
+        ({"kind": "log", "lines": ["x"] * 10_001}, "at most"),
+    ],
+)
+def test_bad_data_indications(values: dict, match: str) -> None:
+    refused(raw({"_values": values}, Opcode.DATA_INDICATION), match=match)
+
+
+@pytest.mark.parametrize("opcode", [Opcode.SUBSCRIBE_REQUEST, Opcode.CANCEL_REQUEST])
+@pytest.mark.parametrize("body", [{}, {"_call_id": ""}, {"_call_id": 5}, {"_call_id": "x\n"}, []])
+def test_call_id_is_required(opcode: Opcode, body: Any) -> None:
+    refused(raw(body, opcode))

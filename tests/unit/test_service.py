@@ -13,11 +13,12 @@ import pytest
 from func_amqp import utils
 from func_amqp.config import OverlordConfig
 from func_amqp.errors import Code
+from func_amqp.minion import process, progress
 from func_amqp.minion.loader import load_modules
 from func_amqp.minion.modules.func_module import FuncModule
 from func_amqp.minion.server import AmqpInterface
 from func_amqp.minion.service import MinionService, ServiceSettings
-from func_amqp.overlord.caller import AsyncOverlord
+from func_amqp.overlord.caller import AsyncOverlord, CallEvent
 from func_amqp.protocol import codec, names
 from func_amqp.protocol.envelope import Envelope
 from func_amqp.protocol.messages import ExceptionResponse, MethodRequest, MethodResponse
@@ -55,6 +56,33 @@ class Probe(FuncModule):
         return float("nan")
 
 
+class Chatty(FuncModule):
+    """Reports progress and logs; waits to be cancelled."""
+
+    def steps(self, n: int) -> str:
+        for i in range(n):
+            progress.report("step", i + 1, n, f"step {i + 1}")
+            progress.log(f"line {i + 1}")
+        return "done"
+
+    def until_cancelled(self) -> str:
+        progress.report("waiting")
+        for _ in range(200):
+            if progress.cancelled():
+                return "noticed"
+            time.sleep(0.02)
+        return "never cancelled"
+
+    def child(self) -> int:
+        progress.report("running child")
+        result = process.run(["sleep", "30"])
+        return result.returncode
+
+    def stubborn(self) -> str:
+        time.sleep(1.5)
+        return "too late"
+
+
 class BrokenRegistration(FuncModule):
     def anything(self) -> int:
         return 1
@@ -77,6 +105,7 @@ async def minion(url: str) -> AsyncIterator[MinionService]:
     modules = dict(load_modules())
     modules["probe"] = Probe()
     modules["broken"] = BrokenRegistration()
+    modules["chatty"] = Chatty()
     service = MinionService(
         transport,
         AmqpInterface(modules),
@@ -308,3 +337,68 @@ async def test_busy_minion_still_answers_discovery(overlord: AsyncOverlord) -> N
     await asyncio.sleep(0.1)
     assert set(await overlord.locate(0.5)) == {"m1"}
     await asyncio.gather(*busy)
+
+
+# --- progress, logs, cancel, follow ------------------------------------------------------
+
+
+async def test_progress_and_logs_reach_the_caller_in_order(overlord: AsyncOverlord) -> None:
+    events: list[CallEvent] = []
+    result = await overlord.call("chatty", "steps", 50, on_event=events.append)
+    assert result == {"m1": "done"}
+    lines = [line for e in events for line in e.lines]
+    assert lines == [f"line {i}" for i in range(1, 51)]
+    phases = [e.progress for e in events if e.progress]
+    assert phases and phases[-1].current == 50 and phases[-1].total == 50  # latest wins
+    assert all(e.minion == "m1" for e in events)
+
+
+async def test_stream_yields_events_then_result(overlord: AsyncOverlord) -> None:
+    seen = [event async for event in overlord.stream("chatty", "steps", 3)]
+    assert seen[-1].done and seen[-1].result == "done"
+    assert any(e.lines for e in seen[:-1])
+
+
+async def test_cancel_a_cooperative_call(overlord: AsyncOverlord) -> None:
+    task = asyncio.ensure_future(overlord.call("chatty", "until_cancelled", call_id="c1"))
+    await asyncio.sleep(0.2)
+    assert await overlord.cancel("c1") == {"m1": True}
+    assert await task == {"m1": "noticed"}
+    assert await overlord.cancel("c1") == {"m1": False}  # finished: nothing to cancel
+
+
+async def test_cancel_ends_the_child_process_group(overlord: AsyncOverlord) -> None:
+    task = asyncio.ensure_future(overlord.call("chatty", "child", call_id="c2"))
+    await asyncio.sleep(0.5)
+    start = time.monotonic()
+    assert await overlord.cancel("c2") == {"m1": True}
+    result = (await task)["m1"]
+    assert time.monotonic() - start < 5
+    assert result == -2  # SIGINT reached the child: its group was signalled
+
+
+async def test_cancel_of_a_method_that_ignores_it_is_answered(overlord: AsyncOverlord, monkeypatch) -> None:
+    from func_amqp.minion import service
+
+    monkeypatch.setattr(service, "CANCEL_GRACE", 0.3)
+    task = asyncio.ensure_future(overlord.call("chatty", "stubborn", call_id="c3"))
+    await asyncio.sleep(0.2)
+    await overlord.cancel("c3")
+    err = (await task)["m1"]
+    assert err[1].endswith("CANCELLED") and "did not stop" in err[2]
+
+
+async def test_follow_a_running_call(overlord: AsyncOverlord) -> None:
+    task = asyncio.ensure_future(overlord.call("chatty", "until_cancelled", call_id="c4"))
+    await asyncio.sleep(0.2)
+    followed: list[CallEvent] = []
+    follower = asyncio.ensure_future(overlord.follow("c4", on_event=followed.append))
+    await asyncio.sleep(0.2)
+    await overlord.cancel("c4")
+    assert await follower == {"m1": "noticed"} == await task
+    assert followed and followed[0].progress and followed[0].progress.phase == "waiting"
+
+
+async def test_follow_unknown_call_is_refused(overlord: AsyncOverlord) -> None:
+    err = (await overlord.follow("nope"))["m1"]
+    assert "no running call" in err[2]

@@ -1,0 +1,116 @@
+"""A running method call as the minion tracks it: followers, indications, cancel.
+
+Module code reports from its worker thread; reports are handed to the event loop,
+coalesced (the latest progress wins, log lines are batched every ``FLUSH_INTERVAL``)
+and sent, in order, to every follower: the caller, and anyone who subscribed since.
+The final reply goes out only after every indication before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable
+
+from func_amqp.errors import TransportError
+from func_amqp.minion.progress import CallContext, Progress
+from func_amqp.protocol.messages import LogIndication, ProgressIndication, Reply
+
+_log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL = 0.1
+"""Seconds between indication batches: live enough for a person, cheap for the broker."""
+
+LOG_BATCH = 500
+MAX_PENDING_LINES = 20_000
+"""Lines kept while followers are slow; older ones are dropped with a note."""
+
+SendReply = Callable[[str, str, Reply], Awaitable[None]]
+
+
+class InFlightCall:
+    """One accepted call between its start and its final reply."""
+
+    def __init__(self, call_id: str, full_name: str, send_indication: SendReply) -> None:
+        self.call_id = call_id
+        self.full_name = full_name
+        self.followers: list[tuple[str, str]] = []
+        self.last_progress: ProgressIndication | None = None
+        self.finished = False
+        self._send = send_indication
+        self._loop = asyncio.get_running_loop()
+        self._pending_progress: ProgressIndication | None = None
+        self._pending_lines: list[str] = []
+        self._dropped = 0
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._outbox: asyncio.Queue[ProgressIndication | LogIndication | None] = asyncio.Queue()
+        self._pump = self._loop.create_task(self._pump_outbox())
+        self.context = CallContext(call_id, on_progress=self._progress_from_thread, on_log=self._log_from_thread)
+
+    # --- from the worker thread ---------------------------------------------------------
+
+    def _progress_from_thread(self, progress: Progress) -> None:
+        self._loop.call_soon_threadsafe(self._add_progress, progress)
+
+    def _log_from_thread(self, lines: list[str]) -> None:
+        self._loop.call_soon_threadsafe(self._add_lines, lines)
+
+    # --- on the loop --------------------------------------------------------------------
+
+    def follow(self, reply_to: str, correlation_id: str) -> None:
+        """Add a follower; it gets the current phase at once, then what follows."""
+        self.followers.append((reply_to, correlation_id))
+        if self.last_progress is not None:
+            self._loop.create_task(self._send_quietly(reply_to, correlation_id, self.last_progress))
+
+    def _add_progress(self, progress: Progress) -> None:
+        self._pending_progress = ProgressIndication(progress.phase, progress.current, progress.total, progress.message)
+        self._schedule_flush()
+
+    def _add_lines(self, lines: list[str]) -> None:
+        self._pending_lines.extend(lines)
+        overflow = len(self._pending_lines) - MAX_PENDING_LINES
+        if overflow > 0:
+            del self._pending_lines[:overflow]
+            self._dropped += overflow
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if self._flush_handle is None and not self.finished:
+            self._flush_handle = self._loop.call_later(FLUSH_INTERVAL, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        if self._dropped:
+            self._outbox.put_nowait(LogIndication([f"[{self._dropped} log lines dropped: followers too slow]"]))
+            self._dropped = 0
+        lines, self._pending_lines = self._pending_lines, []
+        for start in range(0, len(lines), LOG_BATCH):
+            self._outbox.put_nowait(LogIndication(lines[start : start + LOG_BATCH]))
+        if self._pending_progress is not None:
+            self.last_progress, self._pending_progress = self._pending_progress, None
+            self._outbox.put_nowait(self.last_progress)
+
+    async def _pump_outbox(self) -> None:
+        while True:
+            item = await self._outbox.get()
+            if item is None:
+                return
+            for reply_to, correlation_id in list(self.followers):
+                await self._send_quietly(reply_to, correlation_id, item)
+
+    async def _send_quietly(self, reply_to: str, correlation_id: str, item: Reply) -> None:
+        """Indications are best effort: a follower that is gone misses them."""
+        try:
+            await self._send(reply_to, correlation_id, item)
+        except TransportError as exc:
+            _log.debug("indication for %s not delivered to %s: %s", self.call_id, reply_to, exc)
+
+    async def close(self) -> None:
+        """Send what is pending and stop; the final reply may go out after this."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        self._flush()
+        self.finished = True
+        self._outbox.put_nowait(None)
+        await self._pump
