@@ -3,6 +3,8 @@
     func [-t TIMEOUT] [-e EXCLUDE] [-c DIR] "<spec>" call [-j|--raw|-b] MODULE METHOD [ARGS...]
     func "<spec>" ping
     func "<spec>" list_minions
+    func "<spec>" follow CALL_ID        re-attach to a running call
+    func "<spec>" cancel CALL_ID        cancel it
 
 Exit status: 0 when every targeted minion succeeded, 1 when any failed or did not
 answer (or nothing matched), 2 for usage errors.
@@ -15,14 +17,16 @@ import asyncio
 import json
 import pprint
 import sys
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Sequence
 
 import func_amqp
 from func_amqp import utils
-from func_amqp.cli.common import EXIT_FAILED, EXIT_OK, run_main, setup_logging
+from func_amqp.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, run_main, setup_logging
+from func_amqp.cli.display import MODES, make_display
 from func_amqp.errors import ArgumentError, RemoteCallError
 from func_amqp.overlord.arguments import convert_cli_args
-from func_amqp.overlord.caller import AsyncOverlord
+from func_amqp.overlord.caller import AsyncOverlord, CallEvent, EventCallback, new_call_id
 
 PROG = "func"
 LOG_LEVEL = "WARNING"
@@ -53,13 +57,69 @@ def _status(results: dict[str, Any]) -> int:
 # --- subcommands ----------------------------------------------------------------------
 
 
+@dataclass
+class RunningCall:
+    """What Ctrl-C needs to tell the user how to find the call again."""
+
+    spec: str = ""
+    call_id: str = ""
+
+
+RUNNING = RunningCall()
+
+
+async def _watched(ol: AsyncOverlord, args: argparse.Namespace, call: Callable[[EventCallback], Awaitable[Any]]) -> int:
+    """Run ``call`` with the progress display, then print the results."""
+    minions = await ol.minions()
+    with make_display(args.progress, minions, args.logs) as display:
+
+        def on_event(event: CallEvent) -> None:
+            display.event(event)
+
+        results = await call(on_event)
+        for minion, result in results.items():
+            display.finished(minion, not utils.is_error(result))
+    print(_format(results, args.output))
+    return _status(results)
+
+
 async def cmd_call(ol: AsyncOverlord, args: argparse.Namespace) -> int:
     call_args: list[Any] = list(args.arguments)
     if call_args:
         call_args = await _converted(ol, args.module, args.method, call_args)
-    results = await ol.call(args.module, args.method, *call_args)
-    print(_format(results, args.output))
-    return _status(results)
+    RUNNING.spec, RUNNING.call_id = args.spec, new_call_id()
+    return await _watched(
+        ol, args, lambda on_event: ol.call(args.module, args.method, *call_args, call_id=RUNNING.call_id, on_event=on_event)
+    )
+
+
+async def cmd_follow(ol: AsyncOverlord, args: argparse.Namespace) -> int:
+    RUNNING.spec, RUNNING.call_id = args.spec, args.call_id
+    return await _watched(ol, args, lambda on_event: ol.follow(args.call_id, on_event=on_event))
+
+
+async def cmd_cancel(ol: AsyncOverlord, args: argparse.Namespace) -> int:
+    results = await ol.cancel(args.call_id)
+    failed = False
+    for minion in sorted(results):
+        outcome = results[minion]
+        if utils.is_error(outcome):
+            failed = True
+            print(f"[ FAILED ] {minion}: {outcome[2]}")
+        else:
+            print(f"[ {'cancelled' if outcome else 'not running'} ] {minion}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _interrupted() -> int:
+    if RUNNING.call_id:
+        print(
+            f"\n{PROG}: stopped waiting; the call {RUNNING.call_id} goes on.\n"
+            f"  follow it:  {PROG} '{RUNNING.spec}' follow {RUNNING.call_id}\n"
+            f"  cancel it:  {PROG} '{RUNNING.spec}' cancel {RUNNING.call_id}",
+            file=sys.stderr,
+        )
+    return EXIT_INTERRUPTED
 
 
 async def _converted(ol: AsyncOverlord, module: str, method: str, raw: list[str]) -> list[Any]:
@@ -125,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("-j", "--json", dest="output", action="store_const", const="json", help="print results as JSON")
     out.add_argument("--raw", dest="output", action="store_const", const="raw", help="print Python's repr of the results")
     out.add_argument("-b", "--basic", dest="output", action="store_const", const="basic", help="print str() of the results")
+    _add_watch_options(call)
     call.add_argument("module")
     call.add_argument("method")
     call.add_argument("arguments", nargs=argparse.REMAINDER, help="method arguments; converted with the method's registered types")
@@ -136,7 +197,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     lm = sub.add_parser("list_minions", help="print the minions the spec names")
     lm.set_defaults(handler=cmd_list_minions)
+
+    follow = sub.add_parser("follow", help="re-attach to a running call: its progress, then its results")
+    _add_watch_options(follow)
+    follow.add_argument("-j", "--json", dest="output", action="store_const", const="json", default="pprint")
+    follow.add_argument("call_id", metavar="CALL_ID")
+    follow.set_defaults(handler=cmd_follow)
+
+    cancel = sub.add_parser("cancel", help="cancel a running call (its child processes are ended)")
+    cancel.add_argument("call_id", metavar="CALL_ID")
+    cancel.set_defaults(handler=cmd_cancel)
     return parser
+
+
+def _add_watch_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--progress",
+        choices=MODES,
+        default="auto",
+        help="how to show progress: live table on a terminal, plain lines otherwise (default: auto)",
+    )
+    parser.add_argument("-L", "--logs", action="store_true", help="print the minions' log lines as they come")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -148,7 +229,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             handler: Command = args.handler
             return await handler(ol, args)
 
-    return run_main(PROG, lambda: asyncio.run(run()))
+    def body() -> int:
+        try:
+            return asyncio.run(run())
+        except KeyboardInterrupt:
+            return _interrupted()
+
+    return run_main(PROG, body)
 
 
 if __name__ == "__main__":

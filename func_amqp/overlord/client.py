@@ -24,7 +24,7 @@ from typing import Any
 
 from func_amqp.config import OverlordConfig, Paths, resolve_broker_url
 from func_amqp.errors import Func_Client_Exception
-from func_amqp.overlord.caller import AsyncOverlord, split_method_path
+from func_amqp.overlord.caller import AsyncOverlord, EventCallback, split_method_path
 from func_amqp.overlord.session import Session
 
 DEFAULT_PORT = 51234
@@ -111,11 +111,35 @@ class Overlord:
     def _run(self, coro: Any) -> Any:
         return self._session.run(coro, self.timeout + RUN_MARGIN)
 
-    def run(self, module: str, method: str, args: tuple[Any, ...] | list[Any], nforks: int = 1, timeout: float | None = None) -> Any:
-        """func's entry point: ``{minion: result}``, or the bare result with noglobs."""
+    def run(
+        self,
+        module: str,
+        method: str,
+        args: tuple[Any, ...] | list[Any],
+        nforks: int = 1,
+        timeout: float | None = None,
+        *,
+        on_event: EventCallback | None = None,
+        call_id: str | None = None,
+    ) -> Any:
+        """func's entry point: ``{minion: result}``, or the bare result with noglobs.
+
+        ``on_event`` (called on the overlord's background thread) receives each
+        minion's progress and log lines; ``call_id`` names the call for cancel/follow.
+        """
         return self._session.run(
-            self._async.call(module, method, *args, timeout=timeout),
+            self._async.call(module, method, *args, timeout=timeout, call_id=call_id, on_event=on_event),
             (timeout or self.timeout) + RUN_MARGIN,
+        )
+
+    def cancel(self, call_id: str) -> Any:
+        """Cancel a running call on the targeted minions: ``{minion: True/False}``."""
+        return self._run(self._async.cancel(call_id))
+
+    def follow(self, call_id: str, on_event: EventCallback | None = None, timeout: float | None = None) -> Any:
+        """Re-attach to a running call (e.g. one started by another process)."""
+        return self._session.run(
+            self._async.follow(call_id, timeout=timeout, on_event=on_event), (timeout or self.timeout) + RUN_MARGIN
         )
 
     def list_minions(self, format: str = "list") -> list[str]:

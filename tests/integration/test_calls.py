@@ -14,6 +14,7 @@ import pytest
 
 from func_amqp import utils
 from func_amqp.errors import Func_Client_Exception
+from func_amqp.overlord.caller import CallEvent
 from func_amqp.overlord.client import Client, Overlord
 from tests.conftest import MinionFactory, run_cli
 
@@ -219,3 +220,58 @@ def test_minion_directory_commands(minions: MinionFactory, prefix: str, func_env
     assert out.stdout.split() == [f"{prefix}-b"]
     out = run_cli("func_amqp.cli.admin", "minions", "forget", "nobody", env=func_env)
     assert out.returncode == 1 and "nobody" in out.stderr
+
+
+PROGRESS_MODULE = """
+import time
+from func_amqp.minion.modules.func_module import FuncModule
+from func_amqp.minion import progress, process
+
+class Steps(FuncModule):
+    def count(self, n):
+        n = int(n)  # from the command line it arrives as a string, as in func
+        for i in range(n):
+            progress.report("counting", i + 1, n)
+            progress.log(f"at {i + 1}")
+        return n
+
+    def child(self):
+        progress.report("child")
+        return process.run(["sleep", "60"]).returncode
+"""
+
+
+def test_progress_cancel_and_follow_over_the_broker(minions: MinionFactory, prefix: str, tmp_path: Path, func_env: dict[str, str]) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "steps.py").write_text(PROGRESS_MODULE)
+    name = f"{prefix}-1"
+    minions.start(name, conf=f"module_dirs = {site}\n")
+    events: list[CallEvent] = []
+    ol = Overlord(name, noglobs=True)
+    assert ol.run("steps", "count", [20], on_event=events.append) == 20
+    assert [line for e in events for line in e.lines] == [f"at {i}" for i in range(1, 21)]
+    assert events[-1].progress is not None or any(e.progress for e in events)
+
+    outcome: dict[str, object] = {}
+    caller = threading.Thread(target=lambda: outcome.update(r=ol.run("steps", "child", [], call_id="cc1")))
+    caller.start()
+    time.sleep(1.0)
+    followed = run_cli("func_amqp.cli.func", name, "follow", "--progress", "plain", "does-not-exist", env=func_env)
+    assert followed.returncode == 1 and "no running call" in followed.stdout
+    out = run_cli("func_amqp.cli.func", name, "cancel", "cc1", env=func_env)
+    assert out.stdout.strip() == f"[ cancelled ] {name}", out.stderr
+    caller.join(30)
+    assert outcome["r"] == -2  # the child's process group got SIGINT
+
+
+def test_cli_shows_progress_lines_when_not_a_terminal(minions: MinionFactory, prefix: str, tmp_path: Path, func_env: dict[str, str]) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "steps.py").write_text(PROGRESS_MODULE)
+    name = f"{prefix}-1"
+    minions.start(name, conf=f"module_dirs = {site}\n")
+    out = run_cli("func_amqp.cli.func", name, "call", "--logs", "steps", "count", "3", env=func_env)
+    assert out.returncode == 0
+    assert out.stdout.strip() == f"{{'{name}': 3}}"  # results alone on stdout
+    assert f"{name}| at 3" in out.stderr and f"{name}: counting [3/3]" in out.stderr

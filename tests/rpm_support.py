@@ -1,0 +1,87 @@
+"""Making SRPMs for tests with the host's rpmbuild (Debian's ``rpm`` package has it).
+
+The same commands work by hand::
+
+    rpmbuild -bs --define "_topdir $T" --define "_sourcedir $SPECDIR" \
+        --define "_srcrpmdir $OUT" hello-func.spec
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HELLO_SPEC = ROOT / "examples" / "hello-func" / "hello-func.spec"
+FAKE_MOCK = ROOT / "tests" / "fixtures" / "fake-mock"
+
+RPMBUILD = shutil.which("rpmbuild")
+RPM = shutil.which("rpm")
+MISSING_RPM_TOOLS = (
+    None
+    if RPMBUILD and RPM
+    else "rpmbuild/rpm not installed (Debian: apt-get install -y rpm)"
+)
+
+
+def build_srpm(spec: Path, outdir: Path) -> Path:
+    """Build the SRPM of ``spec`` into ``outdir``; sources are looked up next to the spec."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="srpm-top-") as topdir:
+        completed = subprocess.run(
+            [
+                "rpmbuild", "-bs",
+                "--define", f"_topdir {topdir}",
+                "--define", f"_sourcedir {spec.parent}",
+                "--define", f"_srcrpmdir {outdir}",
+                str(spec),
+            ],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if completed.returncode != 0:
+        raise RuntimeError(f"rpmbuild -bs {spec} failed:\n{completed.stdout}{completed.stderr}")
+    for line in completed.stdout.splitlines():
+        if line.startswith("Wrote: "):
+            return Path(line[len("Wrote: "):].strip())
+    raise RuntimeError(f"rpmbuild -bs {spec} did not say what it wrote:\n{completed.stdout}")
+
+
+def write_spec(path: Path, name: str, build_script: str = "", build_requires: str = "") -> Path:
+    """A noarch spec like hello-func's, with a chosen %build (``exit 3`` to fail)."""
+    requires = f"BuildRequires:  {build_requires}\n" if build_requires else ""
+    path.write_text(
+        f"""Name:           {name}
+Version:        1.0
+Release:        1
+Summary:        Test package {name}
+License:        MIT
+URL:            https://example.org/{name}
+BuildArch:      noarch
+{requires}
+%description
+Test package.
+
+%prep
+
+%build
+{build_script}
+
+%install
+mkdir -p %{{buildroot}}%{{_datadir}}/{name}
+echo {name} > %{{buildroot}}%{{_datadir}}/{name}/{name}.txt
+
+%files
+%{{_datadir}}/{name}/{name}.txt
+
+%changelog
+* Mon Jan 06 2025 Tester <test@example.org> - 1.0-1
+- Test.
+""",
+        encoding="utf-8",
+    )
+    return path
