@@ -110,10 +110,15 @@ class MinionFactory:
         self.workdir = workdir
         self.started: list[MinionProcess] = []
 
-    def start(self, name: str, *, conf: str = "", wait: bool = True) -> MinionProcess:
+    def start(self, name: str, *, conf: str = "", modules: dict[str, str] | None = None, wait: bool = True) -> MinionProcess:
+        """Start ``funcd --name NAME``; ``modules`` maps a module class name to the
+        ``[main]`` lines of its options file."""
         confdir = self.workdir / f"conf-{name}"
         confdir.mkdir(exist_ok=True)
         (confdir / "minion.conf").write_text("[main]\nheartbeat_interval = 5\n" + conf)
+        for class_name, lines in (modules or {}).items():
+            (confdir / "modules").mkdir(exist_ok=True)
+            (confdir / "modules" / f"{class_name}.conf").write_text("[main]\n" + lines)
         log = self.workdir / f"{name}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(

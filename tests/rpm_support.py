@@ -8,10 +8,14 @@ The same commands work by hand::
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
+from typing import Any, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 HELLO_SPEC = ROOT / "examples" / "hello-func" / "hello-func.spec"
@@ -85,3 +89,49 @@ echo {name} > %{{buildroot}}%{{_datadir}}/{name}/{name}.txt
         encoding="utf-8",
     )
     return path
+
+
+DNF = shutil.which("dnf")
+MISSING_PIPELINE_TOOLS = (
+    None
+    if RPMBUILD and RPM and DNF and shutil.which("createrepo_c")
+    else "needs rpmbuild, rpm, dnf and createrepo_c (Debian: apt-get install -y rpm dnf)"
+)
+
+
+@contextlib.contextmanager
+def serve_directory(root: Path) -> Iterator[str]:
+    """Serve ``root`` over HTTP on localhost; yields its URL (with a trailing slash)."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def dnf_available(repo_file: Path, workdir: Path, package: str) -> str:
+    """What dnf, configured by ``repo_file`` alone, offers for ``package``."""
+    reposdir = workdir / "repos.d"
+    reposdir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(repo_file, reposdir)
+    completed = subprocess.run(
+        [
+            "dnf", "-q", f"--installroot={workdir / 'installroot'}", "--releasever=12",
+            f"--setopt=reposdir={reposdir}", "repoquery", "--available",
+            "--qf", "%{name}-%{version}-%{release}.%{arch} %{reponame}", package,
+        ],
+        capture_output=True, text=True, timeout=180, check=True,
+    )
+    return completed.stdout

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import configparser
-import http.server
 import json
 import os
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -17,6 +15,8 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+
+from tests.rpm_support import dnf_available, serve_directory
 
 from func_amqp.errors import ArgumentError
 from func_amqp.minion import progress
@@ -663,23 +663,8 @@ def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     """A results root served over HTTP on localhost, and its URL."""
     root = tmp_path / "results"
     root.mkdir()
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, directory=str(root), **kwargs)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield root, f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serve_directory(root) as url:
+        yield root, url
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -701,12 +686,5 @@ def test_dnf_reads_a_published_repo(tmp_path: Path, served: tuple[Path, str]) ->
     shutil.copy(top / "RPMS" / "noarch" / "hello-copr-1.0-1.noarch.rpm", build)
     run("createrepo_c", "--no-database", "--general-compress-type=gz", str(chroot))
     result = MODULE.publish(str(root), url)
-    reposdir = tmp_path / "repos.d"
-    reposdir.mkdir()
-    shutil.copy(root / result["repo_files"][0], reposdir)
-    found = run(
-        "dnf", "-q", f"--installroot={tmp_path / 'installroot'}", "--releasever=12",
-        f"--setopt=reposdir={reposdir}", "repoquery", "--available",
-        "--qf", "%{name}-%{version}-%{release}.%{arch} %{reponame}", "hello-copr",
-    )
-    assert "hello-copr-1.0-1.noarch copr:127.0.0.1:alice:hello" in found.stdout
+    found = dnf_available(root / result["repo_files"][0], tmp_path, "hello-copr")
+    assert "hello-copr-1.0-1.noarch copr:127.0.0.1:alice:hello" in found
