@@ -285,7 +285,8 @@ def test_parse_state_line() -> None:
     event = m.parse_state_line("2024-05-01 10:00:00,006 - Start: build phase for x-1-1.src.rpm")
     assert event == m.StateEvent("start", "build phase for x-1-1.src.rpm", False, "2024-05-01 10:00:00,006")
     boot = m.parse_state_line("2024-05-01 10:00:00,007 - Finish(bootstrap): chroot init")
-    assert (boot.event, boot.name, boot.bootstrap, boot.phase) == ("finish", "chroot init", True, "chroot init (bootstrap)")
+    assert (boot.event, boot.name, boot.bootstrap) == ("finish", "chroot init", True)
+    assert boot.phase == "chroot init (bootstrap)"
     assert m.parse_state_line("2024-05-01 10:00:00,001 - Mock Version: 5.5") is None
     assert m.parse_state_line("Start: no timestamp") is None
     assert m.parse_state_line("") is None
@@ -386,6 +387,11 @@ def test_rpmbuild_outcomes() -> None:
     build = ["RPM build errors:", "error: Bad exit status from /var/tmp/rpm-tmp.x (%build)"]
     assert m.rpmbuild_status(1, build, name) == "build_failed"
     assert m.rpmbuild_status(11, ["compiler: cannot open source file"], name) == "build_failed"
+    after_prep = ["Executing(%prep): /bin/sh -e /var/tmp/rpm-tmp.x", "error: cannot open config.h"]
+    assert m.rpmbuild_status(1, after_prep, name) == "build_failed"
+    assert m.srpm_blamed(["Installing x", f"error: {name} cannot be installed"], name) == [
+        f"error: {name} cannot be installed"
+    ]
 
 
 def test_cancel_and_timeout_win_over_exit_codes() -> None:
