@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ class Minion:
     config: MinionConfig
     name: str
     interface: AmqpInterface
+    abandoned_calls: bool = False
 
     @classmethod
     def from_config(cls, paths: Paths, config: MinionConfig, name_override: str | None = None) -> "Minion":
@@ -87,6 +89,7 @@ class Minion:
             await stop.wait()
             _log.info("stopping")
             await service.stop(SHUTDOWN_GRACE)
+            self.abandoned_calls = service.busy
         finally:
             await transport.close()
 
@@ -102,3 +105,9 @@ def run(minion: Minion) -> None:
         await minion.serve(stop)
 
     asyncio.run(main())
+    if minion.abandoned_calls:
+        # a module method ignored its cancel: its thread cannot be stopped, and Python
+        # would wait for it at exit; its child processes were already signalled
+        _log.warning("exiting with module calls still running")
+        logging.shutdown()
+        os._exit(0)

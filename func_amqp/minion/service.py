@@ -60,6 +60,9 @@ _log = logging.getLogger(__name__)
 
 _STDLIB = str(Path(concurrent.futures.__file__).resolve().parent)
 
+STOP_CANCEL_WAIT = 5.0
+"""Seconds calls cancelled at shutdown get to answer before funcd exits anyway."""
+
 CANCEL_GRACE = 30.0
 """Seconds a cancelled method has to stop (a process group gets SIGINT, TERM at +10 s and
 KILL at +20 s) before its callers are told CANCELLED regardless."""
@@ -158,8 +161,18 @@ class MinionService:
         await self._announce(stopping=True)
         if self._inflight:
             _log.info("waiting up to %.0fs for %d running calls", grace, len(self._inflight))
-            await asyncio.wait(set(self._inflight), timeout=grace)
+            _, pending = await asyncio.wait(set(self._inflight), timeout=grace)
+            if pending:
+                _log.warning("cancelling %d calls still running after %.0fs", len(self._calls), grace)
+                for call in list(self._calls.values()):
+                    call.context.cancel()  # ends their child process groups
+                await asyncio.wait(pending, timeout=STOP_CANCEL_WAIT)
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def busy(self) -> bool:
+        """True while module methods still run (threads cannot be stopped)."""
+        return any(not task.done() for task in self._inflight)
 
     def agent_info(self, stopping: bool = False) -> AgentInfo:
         return AgentInfo(

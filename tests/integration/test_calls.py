@@ -275,3 +275,24 @@ def test_cli_shows_progress_lines_when_not_a_terminal(minions: MinionFactory, pr
     assert out.returncode == 0
     assert out.stdout.strip() == f"{{'{name}': 3}}"  # results alone on stdout
     assert f"{name}| at 3" in out.stderr and f"{name}: counting [3/3]" in out.stderr
+
+
+def test_stop_does_not_wait_forever_for_a_method_that_ignores_cancel(minions: MinionFactory, prefix: str, tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "stubborn.py").write_text(
+        "import time\n"
+        "from func_amqp.minion.modules.func_module import FuncModule\n"
+        "class Stubborn(FuncModule):\n"
+        "    def wait(self):\n"
+        "        time.sleep(120)\n"
+    )
+    name = f"{prefix}-1"
+    minion = minions.start(name, conf=f"module_dirs = {site}\n")
+    caller = threading.Thread(target=lambda: Overlord(name, timeout=5, noglobs=True).stubborn.wait(), daemon=True)
+    caller.start()
+    time.sleep(1)
+    t0 = time.monotonic()
+    minion.proc.send_signal(signal.SIGTERM)
+    assert minion.proc.wait(60) == 0
+    assert time.monotonic() - t0 < 30  # grace 10 s + cancel wait 5 s, not the method's 120 s
