@@ -101,6 +101,21 @@ class Paths:
         return self.private_broker_dir / PRIVATE_BROKER_URL_FILE
 
     @property
+    def ca_dir(self) -> Path:
+        """The certificate authority's key, certificate, requests and signed certificates."""
+        return self.state_dir / "ca"
+
+    @property
+    def pki_dir(self) -> Path:
+        """This host's own key, certificate and the CA's certificate (certmaster's cert_dir)."""
+        return self.state_dir / "pki"
+
+    @property
+    def acl_dir(self) -> Path:
+        """func's minion-acl.d: ``*.acl`` files granting certificates methods."""
+        return self.config_dir / "minion-acl.d"
+
+    @property
     def minion_directory_file(self) -> Path:
         """The overlord's record of minions it has seen (see docs/architecture.md)."""
         return self.state_dir / "minions.json"

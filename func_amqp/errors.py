@@ -13,6 +13,7 @@ Hierarchy::
      ├── ConfigError                   a config file or setting is invalid
      ├── ProtocolError                 a message breaks docs/protocol.md
      ├── BrokerError                   the private node could not be managed
+     ├── SecurityError                 a message failed authentication (carries a Code)
      └── TransportError                the broker cannot be reached or used
           ├── BrokerUnreachable
           └── Unroutable                nobody consumes at the address sent to
@@ -48,6 +49,11 @@ class Code(enum.IntEnum):
     SHUTTING_DOWN = 12
     INTERNAL_ERROR = 13
     CANCELLED = 14
+    UNSIGNED = 15
+    BAD_SIGNATURE = 16
+    UNTRUSTED_CERTIFICATE = 17
+    REVOKED_CERTIFICATE = 18
+    REPLAYED = 19
 
     @property
     def description(self) -> str:
@@ -69,6 +75,11 @@ _DESCRIPTIONS = {
     Code.SHUTTING_DOWN: "the minion is stopping and takes no new calls",
     Code.INTERNAL_ERROR: "the minion failed while handling the request",
     Code.CANCELLED: "the caller cancelled the call",
+    Code.UNSIGNED: "the request carries no signature or certificate",
+    Code.BAD_SIGNATURE: "the signature does not match the message (forged or tampered)",
+    Code.UNTRUSTED_CERTIFICATE: "the certificate is not from this CA, or not valid now",
+    Code.REVOKED_CERTIFICATE: "the certificate has been revoked",
+    Code.REPLAYED: "the request was seen before (replay)",
 }
 
 
@@ -118,6 +129,14 @@ class ProtocolError(FuncAmqpError):
     """A received message breaks the wire protocol; carries the code to answer with."""
 
     def __init__(self, message: str, code: Code = Code.BAD_REQUEST) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class SecurityError(FuncAmqpError):
+    """A message failed authentication; carries the code to answer with."""
+
+    def __init__(self, message: str, code: Code) -> None:
         super().__init__(message)
         self.code = code
 

@@ -1,0 +1,1 @@
+"""Identity and trust: the certificate authority, keys, request signatures."""
