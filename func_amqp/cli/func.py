@@ -5,6 +5,8 @@
     func "<spec>" list_minions
     func "<spec>" follow CALL_ID        re-attach to a running call
     func "<spec>" cancel CALL_ID        cancel it
+    func "<spec>" copyfile -f FILE --remotepath PATH
+    func "<spec>" getfile -r PATH -l DIR
 
 Exit status: 0 when every targeted minion succeeded, 1 when any failed or did not
 answer (or nothing matched), 2 for usage errors.
@@ -24,6 +26,7 @@ import func_amqp
 from func_amqp import utils
 from func_amqp.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, run_main, setup_logging
 from func_amqp.cli.display import MODES, make_display
+from func_amqp.cli.transfer import add_transfer_commands
 from func_amqp.errors import ArgumentError, RemoteCallError
 from func_amqp.overlord.arguments import convert_cli_args
 from func_amqp.overlord.caller import AsyncOverlord, CallEvent, EventCallback, new_call_id
@@ -207,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = sub.add_parser("cancel", help="cancel a running call (its child processes are ended)")
     cancel.add_argument("call_id", metavar="CALL_ID")
     cancel.set_defaults(handler=cmd_cancel)
+    add_transfer_commands(sub)
     return parser
 
 

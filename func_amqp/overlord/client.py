@@ -25,6 +25,7 @@ from typing import Any
 from func_amqp.config import OverlordConfig, Paths, resolve_broker_url
 from func_amqp.errors import Func_Client_Exception
 from func_amqp.overlord.caller import AsyncOverlord, EventCallback, split_method_path
+from func_amqp.overlord.local import LocalModules
 from func_amqp.overlord.session import Session
 
 DEFAULT_PORT = 51234
@@ -106,6 +107,8 @@ class Overlord:
             rpc=rpc,
         )
         self.timeout = self._async.timeout
+        # func's overlord-side pseudo-modules: local.copyfile.send, local.getfile.get
+        self.local = LocalModules(self._session.run, self._async)
         self.minions = self._run(self._async.minions())
 
     def _run(self, coro: Any) -> Any:

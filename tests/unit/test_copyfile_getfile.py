@@ -289,7 +289,9 @@ class FakeOverlord:
     async def minions(self) -> list[str]:
         return sorted(self.roots)
 
-    async def call_minion(self, minion: str, module: str, method: str, args: list[Any]) -> Any:
+    async def call_minion(
+        self, minion: str, module: str, method: str, args: list[Any], timeout: float | None = None
+    ) -> Any:
         self.calls.append((minion, module, method))
         args = list(args)
         index = self.PATH_ARG.get(method, 0)
@@ -354,6 +356,24 @@ async def test_one_failing_minion_does_not_stop_the_others(roots: dict[str, Path
     assert len(m2_appends) == 2  # dropped out at the chunk that went past the limit
 
 
+async def test_an_overlord_failure_mid_transfer_drops_the_part_files(
+    roots: dict[str, Path], source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ol = FakeOverlord(roots)
+    real = ol.call_minion
+
+    async def failing(minion: str, module: str, method: str, args: list[Any], timeout: float | None = None) -> Any:
+        if method == "append" and len([c for c in ol.calls if c[2] == "append"]) >= 2:
+            raise RuntimeError("connection lost")
+        return await real(minion, module, method, args, timeout)
+
+    monkeypatch.setattr(ol, "call_minion", failing)
+    with pytest.raises(RuntimeError):
+        await local_copyfile.send(ol, str(source), "/etc/file.bin", bufsize=60_000)  # type: ignore[arg-type]
+    assert [c for c in ol.calls if c[2] == "abort"] and not any(part_files(r / "etc") for r in roots.values())
+    assert not any((r / "etc/file.bin").exists() for r in roots.values())
+
+
 async def test_send_reports_a_bad_remote_directory(roots: dict[str, Path], source: Path) -> None:
     result = await local_copyfile.send(FakeOverlord(roots), str(source), "/missing/dir/f")  # type: ignore[arg-type]
     assert all(utils.is_error(r) and "copyfile.open" in r[2] for r in result.values())
@@ -401,7 +421,7 @@ async def test_get_drops_a_damaged_transfer(roots: dict[str, Path], tmp_path: Pa
     ol = FakeOverlord({"m1": roots["m1"]})
     real = ol.call_minion
 
-    async def damaging(minion: str, module: str, method: str, args: list[Any]) -> Any:
+    async def damaging(minion: str, module: str, method: str, args: list[Any], timeout: float | None = None) -> Any:
         answer = await real(minion, module, method, args)
         if method == "getchunk":
             answer[1] = b"b" + answer[1][1:]

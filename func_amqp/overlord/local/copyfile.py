@@ -19,7 +19,7 @@ import hashlib
 import os
 import stat
 from collections.abc import Sequence
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from func_amqp import utils
 from func_amqp.overlord.local import (
@@ -38,6 +38,8 @@ MODULE = "copyfile"
 COPIED = 1
 UNCHANGED = 0
 READ_BLOCK = 1 << 16
+ABORT_TIMEOUT = 5.0
+"""Seconds to wait for a failed minion to drop its part file: cleanup must not stall."""
 
 
 def local_file(localpath: str, max_bytes: int) -> os.stat_result:
@@ -53,6 +55,13 @@ def local_file(localpath: str, max_bytes: int) -> os.stat_result:
             f"{localpath} is {info.st_size} bytes, larger than the {max_bytes}-byte limit; nothing was sent"
         )
     return info
+
+
+def open_local(localpath: str) -> BinaryIO:
+    try:
+        return open(localpath, "rb")
+    except OSError as exc:
+        raise TransferError(f"cannot read {localpath}: {exc.strerror}") from None
 
 
 def file_sha1(path: str) -> str:
@@ -84,16 +93,16 @@ async def send(
     info = local_file(localpath, max_bytes)
     mode = stat.S_IMODE(info.st_mode) if mode is None else mode
     results: dict[str, Any] = {}
-    active = list(await ol.minions())
-    if not force:
-        active = await _skip_unchanged(ol, active, localpath, remotepath, results)
-    if active:
-        transfer = _Transfer(ol, remotepath, results)
-        active = await transfer.step(active, "open", [remotepath, mode, -1, -1], remotepath)
-        with open(localpath, "rb") as fh:
-            active = await transfer.stream(active, fh, bufsize)
-        results.update(dict.fromkeys(active, COPIED))
-        await transfer.clean_up()
+    with open_local(localpath) as fh:
+        active = list(await ol.minions())
+        if not force:
+            active = await _skip_unchanged(ol, active, localpath, remotepath, results)
+        if active:
+            transfer = _Transfer(ol, localpath, remotepath, results)
+            try:
+                await transfer.run(active, fh, mode, bufsize)
+            finally:
+                await transfer.clean_up()
     return by_minion(ol, results)
 
 
@@ -115,26 +124,33 @@ async def _skip_unchanged(
 class _Transfer:
     """One send's calls: which minions are still in, and what failed where."""
 
-    def __init__(self, ol: "AsyncOverlord", remotepath: str, results: dict[str, Any]) -> None:
+    def __init__(self, ol: "AsyncOverlord", localpath: str, remotepath: str, results: dict[str, Any]) -> None:
         self.ol = ol
+        self.localpath = localpath
         self.remotepath = remotepath
         self.results = results
         self.started: list[str] = []
 
-    async def stream(self, active: list[str], fh: IO[bytes], bufsize: int) -> list[str]:
-        """Append every chunk to the minions still in, then commit; the survivors."""
-        self.started = list(active)
-        digest, size = hashlib.sha1(), 0
+    async def run(self, minions: list[str], fh: BinaryIO, mode: int, bufsize: int) -> None:
+        """open, append each chunk, commit; the minions still in at the end copied it."""
+        self.started = await self.step(minions, "open", [self.remotepath, mode, -1, -1], self.remotepath)
+        active, digest, size = list(self.started), hashlib.sha1(), 0
         while active:
-            chunk = await asyncio.to_thread(fh.read, bufsize)
+            chunk = await self._read(fh, bufsize)
             if not chunk:
                 break
             digest.update(chunk)
             active = await self.step(active, "append", [self.remotepath, chunk], COPIED, size)
             size += len(chunk)
-        if not active:
-            return active
-        return await self.step(active, "commit", [self.remotepath, digest.hexdigest(), size], COPIED)
+        if active:
+            active = await self.step(active, "commit", [self.remotepath, digest.hexdigest(), size], COPIED)
+        self.results.update(dict.fromkeys(active, COPIED))
+
+    async def _read(self, fh: BinaryIO, bufsize: int) -> bytes:
+        try:
+            return await asyncio.to_thread(fh.read, bufsize)
+        except OSError as exc:
+            raise TransferError(f"cannot read {self.localpath}: {exc.strerror}") from None
 
     async def step(
         self, minions: Sequence[str], method: str, args: list[Any], expected: Any, sent: int = 0
@@ -150,9 +166,11 @@ class _Transfer:
         return survivors
 
     async def clean_up(self) -> None:
-        """Remove the part files of minions that failed after ``open`` (best effort)."""
-        failed = [m for m in self.started if m in self.results]
-        await asyncio.gather(*(self.ol.call_minion(m, MODULE, "abort", [self.remotepath]) for m in failed))
+        """Remove the part files of minions that did not commit (best effort, briefly)."""
+        unfinished = [m for m in self.started if self.results.get(m) != COPIED]
+        await asyncio.gather(
+            *(self.ol.call_minion(m, MODULE, "abort", [self.remotepath], ABORT_TIMEOUT) for m in unfinished)
+        )
 
     def _failure(self, method: str, answer: Any, sent: int) -> Any:
         if utils.is_error(answer):
