@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from func_amqp.broker.node import PrivateBroker
 from func_amqp.config import Paths
+
+
+@contextlib.contextmanager
+def node_state_dir(prefix: str = "func-amqp-test-broker-") -> Iterator[Path]:
+    """A fresh state directory a node can use, removed afterwards.
+
+    Not under pytest's temporary root: that is private to root (0700, and pytest resets
+    it whenever another run starts), while a node started by root runs as ``rabbitmq``.
+    """
+    state = Path(tempfile.mkdtemp(prefix=prefix))
+    state.chmod(0o755)
+    try:
+        yield state
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
 
 
 @contextlib.contextmanager

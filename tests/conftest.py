@@ -8,11 +8,9 @@ and targeting ``<prefix>*``.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -22,7 +20,7 @@ import pytest
 
 from func_amqp.config import ENV_BROKER_URL, ENV_CONFIG_DIR, ENV_STATE_DIR
 from func_amqp.overlord.session import Session
-from tests.broker_support import running_broker
+from tests.broker_support import node_state_dir, running_broker
 
 MINION_READY_TIMEOUT = 30.0
 MINION_STOP_TIMEOUT = 15.0
@@ -45,21 +43,12 @@ def isolated_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
 
 @pytest.fixture(scope="session")
 def broker() -> Iterator[object]:
-    """One private RabbitMQ node for the whole test session.
-
-    Its state lives outside pytest's temporary root, which is private to root (0700)
-    while the node runs as the ``rabbitmq`` user when started by root.
-    """
-    state = Path(tempfile.mkdtemp(prefix="func-amqp-test-broker-"))
-    state.chmod(0o755)
-    try:
-        with running_broker(state) as node:
-            try:
-                yield node
-            finally:
-                Session.close_shared()  # before the node goes, or its clients retry noisily
-    finally:
-        shutil.rmtree(state, ignore_errors=True)
+    """One private RabbitMQ node for the whole test session."""
+    with node_state_dir() as state, running_broker(state) as node:
+        try:
+            yield node
+        finally:
+            Session.close_shared()  # before the node goes, or its clients retry noisily
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from func_amqp.broker.node import PrivateBroker
 from func_amqp.cli.admin import main
 from func_amqp.config import ENV_STATE_DIR, Paths
 from func_amqp.errors import BrokerError
-from tests.broker_support import running_broker
+from tests.broker_support import node_state_dir, running_broker
 
 REPO_ROOT = Path(func_amqp.__file__).resolve().parent.parent
 SBIN_PATH = os.pathsep.join([os.environ.get("PATH", os.defpath), *node.EXTRA_PROGRAM_DIRS])
@@ -34,8 +34,14 @@ pytestmark = [
 
 
 @pytest.fixture
-def paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Paths:
-    state = tmp_path / "state"
+def node_dir() -> Iterator[Path]:
+    with node_state_dir() as state:
+        yield state
+
+
+@pytest.fixture
+def paths(node_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Paths:
+    state = node_dir / "state"
     monkeypatch.setenv(ENV_STATE_DIR, str(state))
     return Paths(config_dir=tmp_path / "config", state_dir=state)
 
@@ -193,8 +199,8 @@ def test_missing_rabbitmq_server_is_a_clear_error(
         broker.start()
 
 
-def test_running_broker_helper_always_stops(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError), running_broker(tmp_path / "state") as started:
+def test_running_broker_helper_always_stops(node_dir: Path) -> None:
+    with pytest.raises(RuntimeError), running_broker(node_dir / "state") as started:
         assert started.status().running
         raise RuntimeError("test body failed")
 
