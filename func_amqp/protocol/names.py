@@ -66,6 +66,12 @@ H_DEADLINE = "x-func-amqp-deadline"
 encode float headers as 32-bit floats, which cannot hold a timestamp)."""
 H_TARGET = "x-func-amqp-target"
 
+# signatures (func_amqp.security.signing; docs/protocol.md "Message security")
+H_NONCE = "x-func-amqp-nonce"
+H_SIGNATURE = "x-func-amqp-signature"
+H_CERTIFICATE = "x-func-amqp-certificate"
+H_FINGERPRINT = "x-func-amqp-certificate-sha256"
+
 ROLE_REQUEST = "request"
 ROLE_RESPONSE = "response"
 ROLE_INDICATION = "indication"

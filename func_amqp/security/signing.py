@@ -64,13 +64,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from func_amqp.errors import Code, SecurityError
 from func_amqp.protocol import names
 from func_amqp.protocol.envelope import Envelope
+from func_amqp.protocol.names import H_CERTIFICATE, H_FINGERPRINT, H_NONCE, H_SIGNATURE
 
-# --- header names and limits ---------------------------------------------------------
-
-H_NONCE = "x-func-amqp-nonce"
-H_SIGNATURE = "x-func-amqp-signature"
-H_CERTIFICATE = "x-func-amqp-certificate"
-H_FINGERPRINT = "x-func-amqp-certificate-sha256"
+# --- limits ------------------------------------------------------------------------------
 
 SIGNED_BYTES_MAGIC = b"func-amqp-signed-v1\n"
 """Version tag opening every signed byte string; a new format gets a new tag."""
