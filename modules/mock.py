@@ -117,8 +117,9 @@ RESERVED_MACROS = frozenset(
 # mock's own files in its config dirs that are not chroots.
 NOT_CHROOTS = frozenset({"site-defaults", "logging", "chroot-aliases"})
 
-_NAME_RE = re.compile(r"[A-Za-z0-9._+][A-Za-z0-9._+-]*")
-_OWNER_RE = re.compile(r"@?[A-Za-z0-9_][A-Za-z0-9._+-]*")
+# the same rules as repopublish.py, so whatever is built can be published
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+_OWNER_RE = re.compile(r"@?[A-Za-z0-9][A-Za-z0-9._-]*")
 _MACRO_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BCOND_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
 _FILENAME_RE = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9._+~^-]*")

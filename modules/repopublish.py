@@ -50,7 +50,7 @@ FILE_MODE = 0o644
 
 OWNER_RE = re.compile(r"@?[A-Za-z0-9][A-Za-z0-9._-]*")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
-BUILD_DIR_RE = re.compile(r"(\d{8,12})-[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+BUILD_DIR_RE = re.compile(r"(\d{8,15})-[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")  # %08d of ids below 10**15, as mock.py
 
 # http(s)://host[:port][/path]: a DNS name, IPv4 or [IPv6] host, no user info, no
 # query or fragment, and a path without quotes, blanks, controls or '$' (which dnf

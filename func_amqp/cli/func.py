@@ -83,7 +83,18 @@ async def _watched(ol: AsyncOverlord, args: argparse.Namespace, call: Callable[[
         for minion, result in results.items():
             display.finished(minion, not utils.is_error(result))
     print(_format(results, args.output))
+    if any(utils.is_error(r) and r[1].endswith("MinionTimeout") for r in results.values()):
+        _hint(f"some minions did not answer in time; their call {RUNNING.call_id} may still run.")
     return _status(results)
+
+
+def _hint(first_line: str) -> None:
+    print(
+        f"{PROG}: {first_line}\n"
+        f"  follow it:  {PROG} '{RUNNING.spec}' follow {RUNNING.call_id}\n"
+        f"  cancel it:  {PROG} '{RUNNING.spec}' cancel {RUNNING.call_id}",
+        file=sys.stderr,
+    )
 
 
 async def cmd_call(ol: AsyncOverlord, args: argparse.Namespace) -> int:
@@ -116,12 +127,8 @@ async def cmd_cancel(ol: AsyncOverlord, args: argparse.Namespace) -> int:
 
 def _interrupted() -> int:
     if RUNNING.call_id:
-        print(
-            f"\n{PROG}: stopped waiting; the call {RUNNING.call_id} goes on.\n"
-            f"  follow it:  {PROG} '{RUNNING.spec}' follow {RUNNING.call_id}\n"
-            f"  cancel it:  {PROG} '{RUNNING.spec}' cancel {RUNNING.call_id}",
-            file=sys.stderr,
-        )
+        print(file=sys.stderr)
+        _hint(f"stopped waiting; the call {RUNNING.call_id} goes on.")
     return EXIT_INTERRUPTED
 
 

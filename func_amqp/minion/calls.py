@@ -23,7 +23,9 @@ FLUSH_INTERVAL = 0.1
 
 LOG_BATCH = 500
 MAX_PENDING_LINES = 20_000
-"""Lines kept while followers are slow; older ones are dropped with a note."""
+"""Lines kept between two flushes; older ones are dropped with a note."""
+MAX_QUEUED_BATCHES = 200
+"""Log batches waiting for slow followers; beyond it new lines are dropped with a note."""
 
 SendReply = Callable[[str, str, Reply], Awaitable[None]]
 
@@ -86,7 +88,11 @@ class InFlightCall:
             self._dropped = 0
         lines, self._pending_lines = self._pending_lines, []
         for start in range(0, len(lines), LOG_BATCH):
-            self._outbox.put_nowait(LogIndication(lines[start : start + LOG_BATCH]))
+            batch = lines[start : start + LOG_BATCH]
+            if self._outbox.qsize() >= MAX_QUEUED_BATCHES:
+                self._dropped += len(batch)  # reported with the next flush
+                continue
+            self._outbox.put_nowait(LogIndication(batch))
         if self._pending_progress is not None:
             self.last_progress, self._pending_progress = self._pending_progress, None
             self._outbox.put_nowait(self.last_progress)

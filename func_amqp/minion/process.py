@@ -120,7 +120,10 @@ def run(
     context = progress.current_call()
     log = open(log_file, "a", encoding="utf-8") if log_file else None  # noqa: SIM115
     try:
-        with context.on_cancel(escalation.begin) if context else contextlib.nullcontext():
+        with contextlib.ExitStack() as hooks:
+            if context is not None:
+                hooks.enter_context(context.on_cancel(escalation.begin))
+                hooks.enter_context(context.on_kill(lambda: _signal_group(proc.pid, signal.SIGKILL)))
             eof = False
             while not eof or proc.poll() is None:
                 try:

@@ -45,6 +45,7 @@ class CallContext:
     on_log: Callable[[list[str]], None] = lambda lines: None
     cancel_event: threading.Event = field(default_factory=threading.Event)
     _cancel_hooks: list[Callable[[], None]] = field(default_factory=list)
+    _kill_hooks: list[Callable[[], None]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def cancel(self) -> None:
@@ -54,6 +55,24 @@ class CallContext:
             hooks = list(self._cancel_hooks)
         for hook in hooks:
             hook()
+
+    def kill(self) -> None:
+        """Last resort before the minion exits: SIGKILL what the call started."""
+        with self._lock:
+            hooks = list(self._kill_hooks)
+        for hook in hooks:
+            hook()
+
+    @contextmanager
+    def on_kill(self, hook: Callable[[], None]) -> Iterator[None]:
+        """Run ``hook`` if the minion must end the call's work at once."""
+        with self._lock:
+            self._kill_hooks.append(hook)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._kill_hooks.remove(hook)
 
     @contextmanager
     def on_cancel(self, hook: Callable[[], None]) -> Iterator[None]:

@@ -166,7 +166,10 @@ class MinionService:
                 _log.warning("cancelling %d calls still running after %.0fs", len(self._calls), grace)
                 for call in list(self._calls.values()):
                     call.context.cancel()  # ends their child process groups
-                await asyncio.wait(pending, timeout=STOP_CANCEL_WAIT)
+                _, pending = await asyncio.wait(pending, timeout=STOP_CANCEL_WAIT)
+                if pending:  # funcd exits now: leave no child process behind
+                    for call in list(self._calls.values()):
+                        call.context.kill()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     @property
@@ -289,8 +292,12 @@ class MinionService:
             self._slots.release()
             await self._refuse(delivery, Code.EXPIRED, "the request's deadline passed while it waited for a free slot")
             return
-        await delivery.ack()
         call_id = env.correlation_id or env.message_id or uuid.uuid4().hex
+        if call_id in self._calls:
+            self._slots.release()
+            await self._refuse(delivery, Code.BAD_REQUEST, f"call id {call_id!r} is already in use by a running call")
+            return
+        await delivery.ack()
         call = InFlightCall(call_id, request.full_name, self._send_indication)
         if env.reply_to:
             call.follow(env.reply_to, call_id)

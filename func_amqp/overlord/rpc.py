@@ -23,7 +23,7 @@ from func_amqp.errors import (
     TransportError,
     Unroutable,
 )
-from func_amqp.protocol import codec
+from func_amqp.protocol import codec, names
 from func_amqp.protocol.envelope import Envelope
 from func_amqp.protocol.messages import (
     AgentInfo,
@@ -35,6 +35,7 @@ from func_amqp.protocol.messages import (
     LogIndication,
     MethodRequest,
     MethodResponse,
+    Opcode,
     ProgressIndication,
     QueryRequest,
     QueryResponse,
@@ -74,7 +75,10 @@ class RpcClient:
         try:
             reply = codec.decode(env, self._max_bytes)
         except ProtocolError as exc:
-            _log.warning("ignored a malformed reply (correlation %r): %s", cid, exc)
+            if env.headers.get(names.H_OPCODE) == Opcode.DATA_INDICATION.value:
+                _log.warning("ignored an indication this overlord does not understand: %s", exc)
+                return  # newer kinds must not break a running call
+            _log.warning("malformed reply (correlation %r): %s", cid, exc)
             reply = ExceptionResponse(int(exc.code), f"the minion's reply was malformed: {exc}")
         if isinstance(reply, (ProgressIndication, LogIndication)):
             listener = self._listeners.get(cid)

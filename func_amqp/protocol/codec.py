@@ -339,8 +339,16 @@ def _decode_data_indication(body: Any, env: Envelope) -> ProgressIndication | Lo
     raise ProtocolError(f"unknown data indication kind {kind!r}")
 
 
+MAX_CALL_ID_LENGTH = 2 * MAX_NAME_LENGTH  # "<call id>:<minion name>"
+
+
 def _call_id(body: Any) -> str:
-    return _name(_map(body, "the body").get("_call_id"), "_call_id")
+    value = _map(body, "the body").get("_call_id")
+    _require(
+        isinstance(value, str) and 0 < len(value) <= MAX_CALL_ID_LENGTH and value.isprintable(),
+        f"_call_id must be a non-empty printable string of at most {MAX_CALL_ID_LENGTH} characters",
+    )
+    return value
 
 
 def _decode_query_response(body: Any, env: Envelope) -> QueryResponse:

@@ -127,7 +127,7 @@ class SubscribeRequest:
 
 @dataclass(frozen=True)
 class CancelRequest:
-    """Cancel a running call; answered with ``_method_response`` {"cancelled": bool}."""
+    """Cancel a running call; answered with ``_method_response`` whose result is true or false."""
 
     call_id: str
     deadline: float = 0.0
