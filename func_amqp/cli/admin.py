@@ -1,6 +1,6 @@
 """``func-amqp``: administration of what func-amqp runs besides minions and overlords.
 
-Each command group (``broker``, ``minions``; ``ca`` and ``jobs`` later) is a
+Each command group (``broker``, ``minions``, ``ca``; ``jobs`` later) is a
 :class:`CommandGroup` subclass listed in :data:`GROUPS`: it adds its own subparser and
 handlers, so a new group is one small class and one line here. Handlers take the parsed
 arguments and the resolved :class:`Paths` and return the exit status; a
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fnmatch
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,7 @@ from func_amqp.cli.common import (
 from func_amqp.config import Paths
 from func_amqp.overlord.caller import AsyncOverlord
 from func_amqp.overlord.directory import MinionDirectory
+from func_amqp.security.ca import CertificateAuthority
 
 PROG = "func-amqp"
 EXIT_NOT_RUNNING = 3  # systemctl's status code for a stopped unit
@@ -138,7 +140,111 @@ class MinionsCommands(CommandGroup):
         return EXIT_OK
 
 
-GROUPS: tuple[CommandGroup, ...] = (BrokerCommands(), MinionsCommands())
+class CaCommands(CommandGroup):
+    """certmaster-ca: the certificate authority's verbs, as options of one command."""
+
+    name = "ca"
+    help = "manage the certificate authority: requests, signing, revocation (certmaster-ca)"
+
+    def __init__(self) -> None:
+        self._parser: argparse.ArgumentParser | None = None
+
+    def add_to(self, commands: Subcommands) -> None:
+        parser = commands.add_parser(self.name, help=self.help, description=self.help)
+        verbs = parser.add_mutually_exclusive_group()
+        verbs.add_argument("--init", action="store_true", help="create the certificate authority unless it exists")
+        verbs.add_argument("-l", "--list", action="store_true", help="list the requests waiting to be signed")
+        verbs.add_argument("-s", "--sign", nargs="+", metavar="HOST", help="sign the requests of these hosts (globs)")
+        verbs.add_argument(
+            "-c", "--clean", nargs="+", metavar="HOST",
+            help="remove the requests and certificates of these hosts (globs); this does not revoke",
+        )
+        verbs.add_argument("--list-signed", nargs="*", metavar="GLOB", help="list the hosts with signed certificates")
+        verbs.add_argument(
+            "--list-cert-hash", nargs="*", metavar="GLOB",
+            help="list signed certificates as <CN>-<hash>, the names ACL files use",
+        )
+        verbs.add_argument("--revoke", nargs="+", metavar="HOST", help="revoke these hosts' certificates (globs)")
+        verbs.add_argument("--list-revoked", action="store_true", help="list the revoked certificates")
+        parser.set_defaults(handler=self.run)
+        self._parser = parser
+
+    def run(self, args: argparse.Namespace, paths: Paths) -> int:
+        """Run the one verb given; without one print help and fail, as certmaster-ca did."""
+        ca = CertificateAuthority.from_paths(paths)
+        verbs: dict[str, Callable[[CertificateAuthority, object], int]] = {
+            "init": self.init,
+            "list": self.list_pending,
+            "sign": self.sign,
+            "clean": self.clean,
+            "list_signed": self.list_signed,
+            "list_cert_hash": self.list_cert_hash,
+            "revoke": self.revoke,
+            "list_revoked": self.list_revoked,
+        }
+        for dest, verb in verbs.items():
+            value = getattr(args, dest)
+            if value is not None and value is not False:
+                return verb(ca, value)
+        assert self._parser is not None
+        self._parser.print_help()
+        return EXIT_FAILED
+
+    def init(self, ca: CertificateAuthority, _: object) -> int:
+        existed = ca.exists()
+        cert = ca.init()
+        what = "certificate authority exists" if existed else "created certificate authority"
+        print(f"{what}: {cert.subject.rfc4514_string()} in {ca.directory}")
+        return EXIT_OK
+
+    def list_pending(self, ca: CertificateAuthority, _: object) -> int:
+        names = ca.list_pending()
+        print("\n".join(names) if names else "No certificates to sign")
+        return EXIT_OK
+
+    def sign(self, ca: CertificateAuthority, patterns: list[str]) -> int:
+        names = ca.sign(patterns)
+        for name in names:
+            print(f"{name} signed")
+        return _unmatched("no pending request matches", patterns, names)
+
+    def clean(self, ca: CertificateAuthority, patterns: list[str]) -> int:
+        names = ca.clean(patterns)
+        for name in names:
+            print(f"{name} cleaned")
+        return _unmatched("no request or certificate matches", patterns, names)
+
+    def list_signed(self, ca: CertificateAuthority, patterns: list[str]) -> int:
+        for name in ca.list_signed(patterns or None):
+            print(name)
+        return EXIT_OK
+
+    def list_cert_hash(self, ca: CertificateAuthority, patterns: list[str]) -> int:
+        for name in ca.cert_hash_names(patterns or None):
+            print(name)
+        return EXIT_OK
+
+    def revoke(self, ca: CertificateAuthority, patterns: list[str]) -> int:
+        names = ca.revoke(patterns)
+        for name in names:
+            print(f"{name} revoked")
+        return _unmatched("no signed certificate matches", patterns, names)
+
+    def list_revoked(self, ca: CertificateAuthority, _: object) -> int:
+        for entry in ca.list_revoked():
+            print(f"{entry.cn}\t{entry.serial:X}\t{entry.revoked_at:%Y-%m-%d %H:%M:%S %Z}")
+        return EXIT_OK
+
+
+def _unmatched(what: str, patterns: Sequence[str], names: Sequence[str]) -> int:
+    """Fail naming the globs that matched nothing, as ``minions forget`` does."""
+    missed = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p.lower()) for n in names)]
+    if missed:
+        return _error(f"{what}: {', '.join(missed)}")
+    return EXIT_OK
+
+
+GROUPS: tuple[CommandGroup, ...] = (BrokerCommands(), MinionsCommands(), CaCommands())
 
 
 def _positive_seconds(text: str) -> float:

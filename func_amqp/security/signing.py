@@ -432,8 +432,19 @@ class TrustStore:
             certificate=cert,
         )
 
+    @property
+    def ca_certificate(self) -> x509.Certificate:
+        return self._ca
+
     def _check_certificate(self, cert: x509.Certificate) -> tuple[str, PublicKey]:
-        """Chain, validity, profile, revocation; the common name and the public key."""
+        """Chain, validity, profile, revocation; the common name and the public key.
+
+        The CA's own certificate is accepted too: as in func, whoever holds the
+        certmaster key is the administrator (``certmaster_overrides_acls``).
+        """
+        if cert == self._ca:
+            _check_validity(self._ca, _utc(self._clock()), "the CA certificate")
+            return _common_name(cert), cert.public_key()  # type: ignore[return-value]
         self._check_issued_by_ca(cert)
         now = _utc(self._clock())
         _check_validity(self._ca, now, "the CA certificate")

@@ -1,0 +1,59 @@
+"""Who signed a message, as func's ACL files name it: ``<CN>-<subject hash>``, and the
+trust store that follows the CA certificate and CRL files on disk.
+
+The hash is OpenSSL's ``x509 -hash`` of the subject (what ``func-amqp ca
+--list-cert-hash`` prints); :func:`func_amqp.security.ca.subject_hash` caches it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+
+from func_amqp.security import ca as ca_module
+from func_amqp.security.signing import TrustStore
+
+def acl_key(cert: x509.Certificate) -> str:
+    """``<CN>-<hash>``: the key func's ACL files grant methods to."""
+    cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
+    return f"{str(cn).lower()}-{ca_module.subject_hash(cert)}"
+
+
+@dataclass
+class TrustSource:
+    """A TrustStore that follows its files: a re-signed CRL is picked up by itself."""
+
+    ca_path: Path
+    crl_path: Path | None = None
+    _stamp: tuple[float, float] | None = None
+    _store: TrustStore | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _mtimes(self) -> tuple[float, float]:
+        def mtime(path: Path | None) -> float:
+            try:
+                return os.stat(path).st_mtime if path else 0.0
+            except FileNotFoundError:
+                return 0.0
+
+        return mtime(self.ca_path), mtime(self.crl_path)
+
+    def store(self) -> TrustStore:
+        stamp = self._mtimes()
+        with self._lock:
+            if self._store is None or stamp != self._stamp:
+                ca_cert = x509.load_pem_x509_certificate(self.ca_path.read_bytes())
+                crl = None
+                if self.crl_path is not None and self.crl_path.exists():
+                    crl = x509.load_pem_x509_crl(self.crl_path.read_bytes())
+                self._store = TrustStore(ca_cert, crl, subject_hash=ca_module.subject_hash)
+                self._stamp = stamp
+            return self._store
+
+    @property
+    def ca_certificate(self) -> x509.Certificate:
+        return self.store().ca_certificate
