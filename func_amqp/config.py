@@ -31,6 +31,7 @@ SECTION = "main"
 
 ROOT_CONFIG_DIR = Path("/etc/func-amqp")
 ROOT_STATE_DIR = Path("/var/lib/func-amqp")
+ROOT_AUDIT_LOG = Path("/var/log/func-amqp/audit.log")
 PRIVATE_BROKER_SUBDIR = "broker"
 PRIVATE_BROKER_URL_FILE = "url"
 
@@ -109,6 +110,11 @@ class Paths:
     def pki_dir(self) -> Path:
         """This host's own key, certificate and the CA's certificate (certmaster's cert_dir)."""
         return self.state_dir / "pki"
+
+    @property
+    def audit_log(self) -> Path:
+        """One line per request a minion receives (docs/security.md)."""
+        return ROOT_AUDIT_LOG if _is_root() else self.state_dir / "audit.log"
 
     @property
     def acl_dir(self) -> Path:
@@ -226,6 +232,18 @@ class MinionConfig(_Section):
     max_concurrent_calls: int = _positive(16)
     heartbeat_interval: float = _positive(30.0)
     max_message_bytes: int = _positive(16 * 1024 * 1024)
+    # security (docs/security.md); func's names where func had the setting
+    require_signatures: bool = True
+    acl_dir: str = ""
+    certmaster_overrides_acls: bool = True
+    audit_log: str = ""
+    key_file: str = ""
+    cert_file: str = ""
+    ca_file: str = ""
+    crl_location: str = ""
+    certmaster: str = "certmaster"
+    certmaster_poll_interval: float = _positive(10.0)
+    crl_refresh_interval: float = _positive(300.0)
 
 
 @dataclass(frozen=True)
@@ -237,6 +255,9 @@ class OverlordConfig(_Section):
     call_timeout: float = _positive(300.0)
     locate_timeout: float = _positive(1.0)
     max_message_bytes: int = _positive(16 * 1024 * 1024)
+    key_file: str = ""
+    cert_file: str = ""
+    ca_file: str = ""
 
     @property
     def default_timeout(self) -> float:

@@ -18,8 +18,10 @@ from typing import Iterator
 
 import pytest
 
-from func_amqp.config import ENV_BROKER_URL, ENV_CONFIG_DIR, ENV_STATE_DIR
+from func_amqp.config import ENV_BROKER_URL, ENV_CONFIG_DIR, ENV_STATE_DIR, Paths
 from func_amqp.overlord.session import Session
+from func_amqp.security.ca import CertificateAuthority
+from func_amqp.security.keys import HostIdentity
 from tests.broker_support import node_state_dir, running_broker
 
 MINION_READY_TIMEOUT = 30.0
@@ -93,6 +95,23 @@ class MinionProcess:
         return self.log.read_text(errors="replace")
 
 
+def provision(name: str) -> None:
+    """What an administrator does once per minion: a certificate from this test's CA.
+
+    The CA lives in the test's state directory, so the test process, as its holder,
+    signs its requests with the certmaster key, as func's overlord did.
+    """
+    paths = Paths.resolve()
+    authority = CertificateAuthority(paths.ca_dir, autosign=True)
+    if not authority.exists():
+        authority.init()
+    identity = HostIdentity(paths.pki_dir, name)
+    if not identity.is_complete():
+        result = authority.submit(identity.csr_pem())
+        assert result.signed and result.certificate and result.ca_certificate, result.reason
+        identity.store(result.certificate, result.ca_certificate)
+
+
 class MinionFactory:
     def __init__(self, env: dict[str, str], workdir: Path) -> None:
         self.env = {**os.environ, **env}
@@ -100,8 +119,9 @@ class MinionFactory:
         self.started: list[MinionProcess] = []
 
     def start(self, name: str, *, conf: str = "", modules: dict[str, str] | None = None, wait: bool = True) -> MinionProcess:
-        """Start ``funcd --name NAME``; ``modules`` maps a module class name to the
-        ``[main]`` lines of its options file."""
+        """Start ``funcd --name NAME`` with a certificate; ``modules`` maps a module
+        class name to the ``[main]`` lines of its options file."""
+        provision(name)
         confdir = self.workdir / f"conf-{name}"
         confdir.mkdir(exist_ok=True)
         (confdir / "minion.conf").write_text("[main]\nheartbeat_interval = 5\n" + conf)

@@ -24,8 +24,11 @@ from func_amqp.cli.common import (
     EXIT_USAGE,
     USER_ERRORS,
     report,
+    setup_logging,
 )
-from func_amqp.config import Paths
+from func_amqp.config import MinionConfig, OverlordConfig, Paths, resolve_broker_url
+from func_amqp.minion.certmaster import serve_certmaster
+from func_amqp.minion.daemon import run_until_signalled
 from func_amqp.overlord.caller import AsyncOverlord
 from func_amqp.overlord.directory import MinionDirectory
 from func_amqp.security.ca import CertificateAuthority
@@ -244,7 +247,26 @@ def _unmatched(what: str, patterns: Sequence[str], names: Sequence[str]) -> int:
     return EXIT_OK
 
 
-GROUPS: tuple[CommandGroup, ...] = (BrokerCommands(), MinionsCommands(), CaCommands())
+class CertmasterCommand(CommandGroup):
+    """The certmaster agent: serves certificate requests from new minions."""
+
+    name = "certmaster"
+    help = "serve certificate requests from minions over the broker (foreground)"
+
+    def add_to(self, commands: Subcommands) -> None:
+        parser = commands.add_parser(self.name, help=self.help, description=self.help)
+        parser.add_argument("--name", default=MinionConfig().certmaster, help="agent name minions ask (default: %(default)s)")
+        parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default: %(default)s)")
+        parser.set_defaults(handler=self.serve)
+
+    def serve(self, args: argparse.Namespace, paths: Paths) -> int:
+        setup_logging(args.log_level)
+        url = resolve_broker_url(OverlordConfig.load(paths.overlord_conf).broker_url, paths)
+        run_until_signalled(lambda stop: serve_certmaster(paths, args.name, url, stop))
+        return EXIT_OK
+
+
+GROUPS: tuple[CommandGroup, ...] = (BrokerCommands(), MinionsCommands(), CaCommands(), CertmasterCommand())
 
 
 def _positive_seconds(text: str) -> float:

@@ -8,18 +8,31 @@ import os
 import signal
 import socket
 from dataclasses import dataclass
+from typing import Awaitable, Callable, TypeVar
 from pathlib import Path
 
 from func_amqp.config import MinionConfig, Paths, resolve_broker_url
 from func_amqp.errors import ConfigError
+from func_amqp.minion.acl import Acl
+from func_amqp.minion.audit import AuditLog
+from func_amqp.minion.enrollment import enroll, keep_crl_current
 from func_amqp.minion.loader import load_modules
 from func_amqp.minion.modules.func_module import configure
 from func_amqp.minion.server import AmqpInterface
+from func_amqp.minion.security import Gate, MinionSecurity, OpenAccess
 from func_amqp.minion.service import MinionService, ServiceSettings
+from func_amqp.overlord.rpc import RpcClient
 from func_amqp.protocol.names import valid_minion_name
-from func_amqp.transport import transport_for_url
+from func_amqp.security.credentials import Credentials, crl_path, from_files
+from func_amqp.security.identity import acl_key
+from func_amqp.security.keys import HostIdentity
+from func_amqp.transport import Transport, transport_for_url
 
 _log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+AUDIT_TO_LOGGER = "none"
+"""``audit_log = none``: audit lines go to the log, not to a file."""
 
 SHUTDOWN_GRACE = 10.0
 """Seconds running calls get to finish after SIGTERM before funcd exits."""
@@ -78,12 +91,74 @@ class Minion:
             max_message_bytes=self.config.max_message_bytes,
         )
 
+    # --- security ---------------------------------------------------------------------
+
+    def identity(self) -> HostIdentity:
+        return HostIdentity(self.paths.pki_dir, self.name)
+
+    def credentials(self) -> Credentials:
+        """The configured key files (all three), else the enrolled identity."""
+        crl = crl_path(self.paths, self.config.crl_location)
+        cfg = self.config
+        if cfg.key_file and cfg.cert_file and cfg.ca_file:
+            return from_files(Path(cfg.key_file), Path(cfg.cert_file), Path(cfg.ca_file), crl, "config")
+        identity = self.identity()
+        return from_files(identity.key_path, identity.cert_path, identity.ca_path, crl, "enrolled")
+
+    def needs_enrollment(self) -> bool:
+        cfg = self.config
+        configured = bool(cfg.key_file and cfg.cert_file and cfg.ca_file)
+        return cfg.require_signatures and not configured and not self.identity().is_complete()
+
+    def gate(self) -> Gate:
+        """Signature checks and ACLs, or open access when signatures are not required."""
+        if not self.config.require_signatures:
+            _log.warning("require_signatures is off: any broker user may call this minion")
+            return OpenAccess()
+        creds = self.credentials()
+        assert creds.signer is not None and creds.trust is not None
+        acl_dir = Path(self.config.acl_dir) if self.config.acl_dir else self.paths.acl_dir
+        acl = Acl(
+            acl_dir,
+            ca_key=acl_key(creds.trust.ca_certificate),
+            certmaster_overrides_acls=self.config.certmaster_overrides_acls,
+        )
+        return MinionSecurity(self.name, creds.trust, creds.signer, acl)
+
+    def audit_log(self) -> AuditLog:
+        configured = self.config.audit_log
+        if configured.lower() == AUDIT_TO_LOGGER:
+            return AuditLog(None)
+        return AuditLog(Path(configured) if configured else self.paths.audit_log)
+
+    async def _secure(self, transport: Transport, background: set[asyncio.Task[None]]) -> Gate:
+        """Enroll if needed, keep the CRL fresh, and return the gate requests pass."""
+        if not self.config.require_signatures:
+            return self.gate()
+        rpc = RpcClient(transport, self.config.max_message_bytes)  # unsigned: no certificate yet
+        await rpc.start()
+        if self.needs_enrollment():
+            await enroll(rpc, self.identity(), self.config.certmaster, self.config.certmaster_poll_interval)
+        crl = crl_path(self.paths, self.config.crl_location)
+        if crl.parent == self.paths.pki_dir:  # not the CA's own file, not a configured one
+            task = asyncio.get_running_loop().create_task(
+                keep_crl_current(rpc, self.config.certmaster, crl, self.config.crl_refresh_interval)
+            )
+            background.add(task)
+        return self.gate()
+
+    # --- serving ----------------------------------------------------------------------
+
     async def serve(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then shut down gracefully."""
         transport = transport_for_url(self.broker_url)
         await transport.connect()
+        background: set[asyncio.Task[None]] = set()
         try:
-            service = MinionService(transport, self.interface, self.settings())
+            gate = await _until(stop, self._secure(transport, background))
+            if gate is None:
+                return
+            service = MinionService(transport, self.interface, self.settings(), gate=gate, audit=self.audit_log())
             await service.start()
             _log.info("minion %s connected to %s", self.name, transport.url)
             await stop.wait()
@@ -91,20 +166,39 @@ class Minion:
             await service.stop(SHUTDOWN_GRACE)
             self.abandoned_calls = service.busy
         finally:
+            for task in background:
+                task.cancel()
             await transport.close()
 
 
-def run(minion: Minion) -> None:
-    """Run the minion in the foreground until SIGTERM or SIGINT."""
+async def _until(stop: asyncio.Event, work: Awaitable[T]) -> T | None:
+    """``work``'s result, or None if ``stop`` is set first (SIGTERM while enrolling)."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        stopper.cancel()
+        return task.result()
+    task.cancel()
+    return None
+
+
+def run_until_signalled(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run ``serve(stop)`` in the foreground; SIGTERM or SIGINT sets ``stop``."""
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await minion.serve(stop)
+        await serve(stop)
 
     asyncio.run(main())
+
+
+def run(minion: Minion) -> None:
+    """Run the minion in the foreground until SIGTERM or SIGINT."""
+    run_until_signalled(minion.serve)
     if minion.abandoned_calls:
         # a module method ignored its cancel: its thread cannot be stopped, and Python
         # would wait for it at exit; its child processes were already signalled

@@ -26,16 +26,20 @@ from typing import Any
 import func_amqp
 from func_amqp.errors import (
     EXCEPTION_CODES,
+    AccessToMethodDenied,
     CallCancelled,
     Code,
     FuncException,
     ProtocolError,
+    SecurityError,
     TransportError,
     qualified_name,
 )
-from func_amqp.minion import progress
+from func_amqp.minion import audit, progress
+from func_amqp.minion.audit import AuditLog
 from func_amqp.minion.calls import InFlightCall
 from func_amqp.minion.progress import CallContext
+from func_amqp.minion.security import UNAUTHENTICATED, Caller, Gate, OpenAccess
 from func_amqp.minion.server import AmqpInterface
 from func_amqp.protocol import codec, names
 from func_amqp.protocol.envelope import Envelope
@@ -52,6 +56,7 @@ from func_amqp.protocol.messages import (
     QueryResponse,
     QueryTarget,
     Reply,
+    Request,
     SubscribeRequest,
 )
 from func_amqp.transport.base import Delivery, Transport
@@ -110,6 +115,26 @@ def code_reply(code: Code, text: str) -> ExceptionResponse:
     return ExceptionResponse(int(code), text)
 
 
+def _action(request: Request) -> str:
+    """How the audit log names a request."""
+    match request:
+        case MethodRequest():
+            return request.full_name
+        case QueryRequest():
+            return f"query:{request.what.value}:{request.module}" if request.module else f"query:{request.what.value}"
+        case SubscribeRequest():
+            return f"follow:{request.call_id}"
+        case CancelRequest():
+            return f"cancel:{request.call_id}"
+    return "locate"
+
+
+def _outcome(reply: Reply) -> str:
+    if isinstance(reply, ExceptionResponse):
+        return audit.CANCELLED if reply.code == Code.CANCELLED else audit.error(reply.exception_type or Code(reply.code).name)
+    return audit.OK
+
+
 def _invoke(method: Any, request: MethodRequest, context: CallContext) -> Reply:
     """Run a module method in a worker thread; whatever it raises becomes its answer.
 
@@ -129,10 +154,20 @@ def _invoke(method: Any, request: MethodRequest, context: CallContext) -> Reply:
 class MinionService:
     """Serves one minion name on one transport."""
 
-    def __init__(self, transport: Transport, interface: AmqpInterface, settings: ServiceSettings) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        interface: AmqpInterface,
+        settings: ServiceSettings,
+        *,
+        gate: Gate | None = None,
+        audit: AuditLog | None = None,
+    ) -> None:
         self.transport = transport
         self.interface = interface
         self.settings = settings
+        self.gate: Gate = gate or OpenAccess()
+        self.audit = audit or AuditLog(None)
         self.started = time.time()
         self._slots = asyncio.Semaphore(settings.max_concurrent_calls)
         self._executor = ThreadPoolExecutor(
@@ -190,6 +225,7 @@ class MinionService:
 
     async def _announce(self, stopping: bool = False) -> None:
         env = codec.encode(AgentHeartbeat(self.agent_info(stopping)), agent=self.settings.name)
+        self.gate.sign(env)
         try:
             await self.transport.publish_event(names.heartbeat_key(self.settings.name), env)
         except TransportError as exc:
@@ -218,40 +254,75 @@ class MinionService:
 
     async def _handle(self, delivery: Delivery) -> None:
         env = delivery.envelope
+        caller = UNAUTHENTICATED
         try:
             opcode = codec.check_envelope(env, self.settings.max_message_bytes)
             if not codec.is_request(opcode):
                 raise ProtocolError(f"{opcode.value} is not a request a minion serves", Code.UNKNOWN_OPCODE)
             request = codec.decode(env, self.settings.max_message_bytes)
-        except ProtocolError as exc:
-            await self._refuse(delivery, exc.code, str(exc))
+            caller = self.gate.authenticate(env, opcode)
+        except (ProtocolError, SecurityError) as exc:
+            await self._refuse(delivery, exc.code, str(exc), caller=caller)
             return
         assert isinstance(request, (MethodRequest, QueryRequest, AgentLocateRequest, SubscribeRequest, CancelRequest))
+        action = _action(request)
         deadline = getattr(request, "deadline", 0.0)
         if deadline and deadline < time.time():
-            await self._refuse(delivery, Code.EXPIRED, "the request's deadline passed before it could start")
+            await self._refuse(delivery, Code.EXPIRED, "the request's deadline passed before it could start", caller=caller, action=action)
             return
         if self._stopping and isinstance(request, MethodRequest):
-            await self._refuse(delivery, Code.SHUTTING_DOWN, "the minion is stopping; call again later")
+            await self._refuse(delivery, Code.SHUTTING_DOWN, "the minion is stopping; call again later", caller=caller, action=action)
             return
+        guarded = self._guarded_method(request)
+        if guarded is not None:
+            try:
+                self.gate.authorize(caller, guarded)
+            except AccessToMethodDenied as exc:
+                await self._refuse(delivery, Code.ACCESS_DENIED, str(exc), caller=caller, action=action, outcome=audit.denied(Code.ACCESS_DENIED))
+                return
         if isinstance(request, MethodRequest):
-            await self._accept_call(delivery, request)
-        elif isinstance(request, SubscribeRequest):
-            await delivery.ack()
+            await self._accept_call(delivery, request, caller)
+            return
+        await delivery.ack()
+        self.audit.record(caller.key, action, [], env.correlation_id or "-", audit.OK)
+        if isinstance(request, SubscribeRequest):
             await self._subscribe(env, request)
-        else:
-            await delivery.ack()
-            if isinstance(request, AgentLocateRequest):
-                answer: Reply = AgentLocateResponse(self.agent_info())
-            elif isinstance(request, CancelRequest):
-                answer = self._cancel(request)
-            else:  # schema answers run module code (register_method_args): off the loop,
-                # and not in the call pool, which long calls may fill
-                answer = await asyncio.to_thread(self._answer, request)
-            await self._send_reply(env.reply_to, env.correlation_id, answer, deadline)
+            return
+        if isinstance(request, AgentLocateRequest):
+            answer: Reply = AgentLocateResponse(self.agent_info())
+        elif isinstance(request, CancelRequest):
+            answer = self._cancel(request)
+        else:  # schema answers run module code (register_method_args): off the loop,
+            # and not in the call pool, which long calls may fill
+            answer = await asyncio.to_thread(self._answer, request)
+        await self._send_reply(env.reply_to, env.correlation_id, answer, deadline)
 
-    async def _refuse(self, delivery: Delivery, code: Code, text: str) -> None:
+    def _guarded_method(self, request: Request) -> str | None:
+        """The method the ACLs must grant for ``request`` (None: any signed caller)."""
+        match request:
+            case MethodRequest():
+                return request.full_name
+            case QueryRequest(what=QueryTarget.SCHEMA_ID):
+                return "system.list_modules"
+            case QueryRequest():
+                return f"{request.module}.get_method_args"
+            case SubscribeRequest() | CancelRequest():
+                call = self._calls.get(request.call_id)
+                return call.full_name if call is not None else None
+        return None
+
+    async def _refuse(
+        self,
+        delivery: Delivery,
+        code: Code,
+        text: str,
+        *,
+        caller: Caller = UNAUTHENTICATED,
+        action: str = "-",
+        outcome: str | None = None,
+    ) -> None:
         env = delivery.envelope
+        self.audit.record(caller.key, action, [], env.correlation_id or "-", outcome or audit.refused(code), text)
         if env.reply_to:
             _log.warning("refused a message (%s): %s", code.name, text)
             await delivery.ack()
@@ -277,7 +348,7 @@ class MinionService:
 
     # --- calls ----------------------------------------------------------------------
 
-    async def _accept_call(self, delivery: Delivery, request: MethodRequest) -> None:
+    async def _accept_call(self, delivery: Delivery, request: MethodRequest, caller: Caller) -> None:
         env = delivery.envelope
         try:
             method = self.interface.get_dispatch_method(request.full_name)
@@ -285,33 +356,35 @@ class MinionService:
         except FuncException as exc:  # expected refusals: no traceback to show
             await delivery.ack()
             reply = exception_reply(exc, with_traceback=False)
+            self.audit.record(caller.key, request.full_name, request.args, env.correlation_id or "-", audit.error(reply.exception_type), str(exc))
             await self._send_reply(env.reply_to, env.correlation_id, reply, request.deadline)
             return
         await self._slots.acquire()
         if request.deadline < time.time():
             self._slots.release()
-            await self._refuse(delivery, Code.EXPIRED, "the request's deadline passed while it waited for a free slot")
+            await self._refuse(delivery, Code.EXPIRED, "the request's deadline passed while it waited for a free slot", caller=caller, action=request.full_name)
             return
         call_id = env.correlation_id or env.message_id or uuid.uuid4().hex
         if call_id in self._calls:
             self._slots.release()
-            await self._refuse(delivery, Code.BAD_REQUEST, f"call id {call_id!r} is already in use by a running call")
+            await self._refuse(delivery, Code.BAD_REQUEST, f"call id {call_id!r} is already in use by a running call", caller=caller, action=request.full_name)
             return
         await delivery.ack()
         call = InFlightCall(call_id, request.full_name, self._send_indication)
         if env.reply_to:
             call.follow(env.reply_to, call_id)
         self._calls[call_id] = call
-        task = asyncio.get_running_loop().create_task(self._run_call(call, request, method))
+        task = asyncio.get_running_loop().create_task(self._run_call(call, request, method, caller))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
-    async def _run_call(self, call: InFlightCall, request: MethodRequest, method: Any) -> None:
+    async def _run_call(self, call: InFlightCall, request: MethodRequest, method: Any, caller: Caller) -> None:
         loop = asyncio.get_running_loop()
         try:
             reply = await loop.run_in_executor(self._executor, _invoke, method, request, call.context)
         finally:
             self._slots.release()
+        self.audit.record(caller.key, request.full_name, request.args, call.call_id, _outcome(reply))
         await self._finish(call, reply, request.deadline)
 
     async def _finish(self, call: InFlightCall, reply: Reply, deadline: float) -> None:
@@ -360,12 +433,14 @@ class MinionService:
 
     # --- replying -------------------------------------------------------------------
 
-    def _encode_reply(self, reply: Reply, correlation_id: str | None) -> Any:
+    def _encode_reply(self, reply: Reply, correlation_id: str | None) -> Envelope:
         try:
-            return codec.encode(reply, correlation_id=correlation_id, agent=self.settings.name)
+            env = codec.encode(reply, correlation_id=correlation_id, agent=self.settings.name)
         except (TypeError, ValueError) as exc:
             fallback = code_reply(Code.RESULT_NOT_SERIALIZABLE, f"the method's result cannot travel: {exc}")
-            return codec.encode(fallback, correlation_id=correlation_id, agent=self.settings.name)
+            env = codec.encode(fallback, correlation_id=correlation_id, agent=self.settings.name)
+        self.gate.sign(env)
+        return env
 
     async def _send_reply(self, reply_to: str | None, correlation_id: str | None, reply: Reply, deadline: float) -> None:
         if not reply_to:

@@ -26,6 +26,7 @@ from func_amqp.overlord.groups import Groups
 from func_amqp.overlord.rpc import RpcClient
 from func_amqp.overlord.targets import resolve_spec, spec_needs_directory
 from func_amqp.protocol.messages import AgentInfo, Indication, ProgressIndication
+from func_amqp.security.credentials import Credentials, overlord_credentials
 from func_amqp.transport import Transport, transport_for_url
 
 
@@ -160,15 +161,24 @@ class AsyncOverlord:
             url = self._url or resolve_broker_url(self.config.broker_url, self.paths)
             self._transport = transport_for_url(url)
             await self._transport.connect()
-        rpc = RpcClient(self._transport, self.config.max_message_bytes)
+        creds = self.credentials()
+        rpc = RpcClient(self._transport, self.config.max_message_bytes, signer=creds.signer, trust=creds.trust)
         await rpc.start()
         self._rpc = rpc
+
+    def credentials(self) -> Credentials:
+        """What this overlord signs with and trusts (func's setup_ssl order)."""
+        return overlord_credentials(self.paths, self.config.key_file, self.config.cert_file, self.config.ca_file)
 
     async def close(self) -> None:
         if self._owns_transport and self._transport is not None:
             await self._transport.close()
             self._transport = None
             self._rpc = None
+
+    def use(self, rpc: RpcClient) -> None:
+        """Share an already connected client (the synchronous facade's session)."""
+        self._rpc, self._transport, self._owns_transport = rpc, rpc.transport, False
 
     @property
     def rpc(self) -> RpcClient:

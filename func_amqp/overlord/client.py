@@ -96,7 +96,6 @@ class Overlord:
         paths = Paths.resolve(config_dir)
         self.config = config if config is not None else OverlordConfig.load(paths.overlord_conf)
         self._url = url or resolve_broker_url(self.config.broker_url, paths)
-        rpc = self._session.run(self._session.client(self._url, self.config.max_message_bytes))
         self._async = AsyncOverlord(
             server_spec,
             exclude_spec=exclude_spec,
@@ -104,8 +103,11 @@ class Overlord:
             noglobs=noglobs,
             config_dir=config_dir,
             config=self.config,
-            rpc=rpc,
         )
+        rpc = self._session.run(
+            self._session.client(self._url, self.config.max_message_bytes, self._async.credentials())
+        )
+        self._async.use(rpc)
         self.timeout = self._async.timeout
         # func's overlord-side pseudo-modules: local.copyfile.send, local.getfile.get
         self.local = LocalModules(self._session.run, self._async)

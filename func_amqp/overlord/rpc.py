@@ -20,6 +20,7 @@ from func_amqp.errors import (
     MinionUnreachable,
     ProtocolError,
     RemoteError,
+    SecurityError,
     TransportError,
     Unroutable,
 )
@@ -44,6 +45,8 @@ from func_amqp.protocol.messages import (
     Request,
     SubscribeRequest,
 )
+from func_amqp.security.identity import TrustSource
+from func_amqp.security.signing import Signer
 from func_amqp.transport.base import Delivery, Transport
 
 _log = logging.getLogger(__name__)
@@ -58,9 +61,21 @@ LOCATE_GRACE = 0.05
 class RpcClient:
     """Sends requests to minions and matches their replies."""
 
-    def __init__(self, transport: Transport, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        max_message_bytes: int,
+        *,
+        signer: Signer | None = None,
+        trust: TrustSource | None = None,
+    ) -> None:
+        """``signer`` signs requests; with ``trust``, replies must be signed by the
+        minion that was asked (anything else is ignored as a forgery)."""
         self.transport = transport
         self._max_bytes = max_message_bytes
+        self._signer = signer
+        self._trust = trust
+        self._targets: dict[str, str] = {}
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._collectors: dict[str, asyncio.Queue[Reply]] = {}
         self._listeners: dict[str, IndicationListener] = {}
@@ -74,6 +89,8 @@ class RpcClient:
         cid = env.correlation_id or ""
         try:
             reply = codec.decode(env, self._max_bytes)
+            if not self._authentic(env, cid, reply):
+                return
         except ProtocolError as exc:
             if env.headers.get(names.H_OPCODE) == Opcode.DATA_INDICATION.value:
                 _log.warning("ignored an indication this overlord does not understand: %s", exc)
@@ -99,6 +116,28 @@ class RpcClient:
             return
         _log.debug("reply for unknown or finished request %r ignored", cid)
 
+    def _authentic(self, env: Envelope, cid: str, reply: Reply) -> bool:
+        """Whether the reply is signed by the minion it claims to come from."""
+        if self._trust is None:
+            return True
+        expected = self._targets.get(cid)
+        if expected is None and isinstance(reply, AgentLocateResponse):
+            expected = reply.agent.name
+        if expected is None:
+            return False  # nobody is waiting for it: nothing to verify against
+        try:
+            self._trust.store().verify(env, expected_signer=expected)
+        except SecurityError as exc:
+            _log.warning("refused a reply claiming to come from %s (correlation %r): %s", expected, cid, exc)
+            return False
+        return True
+
+    def _envelope(self, message: Request, cid: str, target: str | None) -> Envelope:
+        env = codec.encode(message, correlation_id=cid, reply_to=self._reply_to, target=target)
+        if self._signer is not None:
+            self._signer.sign(env)
+        return env
+
     # --- one request, one reply ------------------------------------------------------
 
     async def request(
@@ -121,8 +160,9 @@ class RpcClient:
         self._pending[cid] = future
         if on_indication is not None:
             self._listeners[cid] = on_indication
+        self._targets[cid] = target
         try:
-            env = codec.encode(message, correlation_id=cid, reply_to=self._reply_to)
+            env = self._envelope(message, cid, target)
             deadline = getattr(message, "deadline", 0) or time.time() + timeout
             try:
                 await asyncio.wait_for(self._send(target, env, deadline), timeout)
@@ -136,6 +176,7 @@ class RpcClient:
         finally:
             self._pending.pop(cid, None)
             self._listeners.pop(cid, None)
+            self._targets.pop(cid, None)
 
     async def _send(self, target: str, env: Envelope, deadline: float) -> None:
         """Send, riding out a broker reconnect until the deadline."""
@@ -209,7 +250,7 @@ class RpcClient:
         found: dict[str, AgentInfo] = {}
         deadline = time.time() + timeout
         try:
-            env = codec.encode(AgentLocateRequest(deadline), correlation_id=cid, reply_to=self._reply_to)
+            env = self._envelope(AgentLocateRequest(deadline), cid, None)
             await self.transport.broadcast(env)
             while True:
                 remaining = deadline - time.time()

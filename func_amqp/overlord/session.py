@@ -14,6 +14,7 @@ from concurrent.futures import Future
 from typing import Any, Coroutine, TypeVar
 
 from func_amqp.overlord.rpc import RpcClient
+from func_amqp.security.credentials import Credentials
 from func_amqp.transport import transport_for_url
 
 T = TypeVar("T")
@@ -31,7 +32,7 @@ class Session:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="func-amqp-loop", daemon=True)
         self._thread.start()
-        self._clients: dict[tuple[str, int], RpcClient] = {}
+        self._clients: dict[tuple[str, int, str], RpcClient] = {}
         self._client_lock = asyncio.Lock()
 
     @classmethod
@@ -51,15 +52,15 @@ class Session:
             future.cancel()
             raise
 
-    async def client(self, url: str, max_message_bytes: int) -> RpcClient:
-        """The shared, connected client for ``url`` (made on first use)."""
-        key = (url, max_message_bytes)
+    async def client(self, url: str, max_message_bytes: int, credentials: Credentials) -> RpcClient:
+        """The shared, connected client for ``url`` and these credentials (made on first use)."""
+        key = (url, max_message_bytes, credentials.fingerprint)
         async with self._client_lock:
             client = self._clients.get(key)
             if client is None:
                 transport = transport_for_url(url)
                 await transport.connect()
-                client = RpcClient(transport, max_message_bytes)
+                client = RpcClient(transport, max_message_bytes, signer=credentials.signer, trust=credentials.trust)
                 await client.start()
                 self._clients[key] = client
             return client

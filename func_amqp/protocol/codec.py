@@ -187,8 +187,13 @@ def encode(
     correlation_id: str | None = None,
     reply_to: str | None = None,
     agent: str | None = None,
+    target: str | None = None,
 ) -> Envelope:
-    """The envelope for ``message``; raises TypeError if its data cannot travel."""
+    """The envelope for ``message``; raises TypeError if its data cannot travel.
+
+    ``target`` names the minion a request is for (signed, so it cannot be replayed to
+    another); a method request carries its own.
+    """
     opcode, body = _body(message)
     headers: dict[str, Any] = {
         names.H_OPCODE: opcode.value,
@@ -198,8 +203,9 @@ def encode(
     deadline = _deadline(message)
     if deadline is not None:
         headers[names.H_DEADLINE] = int(deadline * 1000)
-    if isinstance(message, MethodRequest) and message.target:
-        headers[names.H_TARGET] = message.target
+    target = target or (message.target if isinstance(message, MethodRequest) else None)
+    if target:
+        headers[names.H_TARGET] = target
     if agent:
         headers[names.H_AGENT] = agent
     return Envelope(

@@ -11,11 +11,13 @@ from typing import Any
 import aio_pika
 import pytest
 
+from func_amqp.config import Paths
 from func_amqp.errors import Code
 from func_amqp.overlord.client import Overlord
 from func_amqp.protocol import codec, names
 from func_amqp.protocol.envelope import Envelope
 from func_amqp.protocol.messages import ExceptionResponse, MethodRequest
+from func_amqp.security.credentials import overlord_credentials
 from tests.conftest import MinionFactory
 
 pytestmark = pytest.mark.broker
@@ -136,6 +138,9 @@ def test_expired_request_is_never_started(broker_url: str, minions: MinionFactor
             exchange = await channel.get_exchange(names.MINIONS_EXCHANGE)
             late = MethodRequest("command", "run", [f"touch {marker}"], time.time() - 5, name)
             env = codec.encode(late, correlation_id="late", reply_to=replies.name)
+            signer = overlord_credentials(Paths.resolve()).signer
+            assert signer is not None
+            signer.sign(env)  # a genuine caller's request, only late
             # no broker TTL: the minion itself must see the deadline has passed
             await exchange.publish(aio_pika.Message(env.body, headers=dict(env.headers), reply_to=replies.name), routing_key=name)
             message = await _wait_one(replies)

@@ -1,0 +1,79 @@
+"""Who may call this minion, and proof of who answered.
+
+Every request must carry a signature by a certificate of this minion's CA (or by the
+CA itself, func's certmaster key), made for this minion, not revoked, not replayed.
+The ACLs then decide which methods the signer may call. Replies and indications are
+signed with the minion's own key, so an overlord can tell them from forgeries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from func_amqp.errors import AccessToMethodDenied
+from func_amqp.minion.acl import Acl
+from func_amqp.protocol.envelope import Envelope
+from func_amqp.protocol.messages import Opcode
+from func_amqp.security.identity import TrustSource, acl_key
+from func_amqp.security.signing import ReplayGuard, Signer
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated sender of a request, as ACLs and the audit log name it."""
+
+    key: str
+    cn: str
+
+
+UNAUTHENTICATED = Caller("-", "")
+"""The caller of a message refused before its signature was checked."""
+
+ANONYMOUS = Caller("anonymous", "")
+"""Every caller of a minion that does not require signatures."""
+
+BROADCAST_OPCODES = frozenset({Opcode.AGENT_LOCATE_REQUEST})
+"""Requests sent to every minion at once, so signed for no one in particular."""
+
+
+class MinionSecurity:
+    """Signature checks, replay guard, ACLs and reply signing for one minion."""
+
+    def __init__(self, name: str, trust: TrustSource, signer: Signer, acl: Acl, replay: ReplayGuard | None = None) -> None:
+        self.name = name
+        self.trust = trust
+        self.signer = signer
+        self.acl = acl
+        self.replay = replay or ReplayGuard()
+
+    def authenticate(self, env: Envelope, opcode: Opcode) -> Caller:
+        """The request's signer; raises SecurityError with the code to answer with."""
+        expected_target = None if opcode in BROADCAST_OPCODES else self.name
+        identity = self.trust.store().verify(env, expected_target=expected_target)
+        self.replay.check_envelope(env, identity)
+        return Caller(acl_key(identity.certificate), identity.cn)
+
+    def authorize(self, caller: Caller, method: str) -> None:
+        """Raise AccessToMethodDenied unless the ACLs grant ``method`` to ``caller``."""
+        self.acl.check(caller.key, method)
+
+    def sign(self, env: Envelope) -> None:
+        self.signer.sign(env)
+
+
+class OpenAccess:
+    """No authentication: for the in-memory twin and for minions that opt out."""
+
+    def authenticate(self, env: Envelope, opcode: Opcode) -> Caller:
+        return ANONYMOUS
+
+    def authorize(self, caller: Caller, method: str) -> None:
+        return None
+
+    def sign(self, env: Envelope) -> None:
+        return None
+
+
+Gate = MinionSecurity | OpenAccess
+
+__all__ = ["ANONYMOUS", "AccessToMethodDenied", "Caller", "Gate", "MinionSecurity", "OpenAccess", "UNAUTHENTICATED"]

@@ -1,0 +1,79 @@
+"""Which key signs this process's messages, and which CA it trusts.
+
+The order is func's ``setup_ssl``:
+1. ``key_file``, ``cert_file`` and ``ca_file`` from the config, when all three are set;
+2. the certificate authority's own key on this host (func's overlord used the certmaster
+   key, which ``certmaster_overrides_acls`` lets call everything);
+3. this host's own certificate in the PKI directory (minion-to-minion calls).
+Without any of them, messages go unsigned and only minions that do not require
+signatures will answer.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from func_amqp.config import Paths
+from func_amqp.security.ca import CA_CERT_NAME, CA_KEY_NAME, CRL_NAME
+from func_amqp.security.identity import TrustSource
+from func_amqp.security.keys import CA_CERT_FILE, CERT_SUFFIX, KEY_SUFFIX, load_certificate, load_private_key
+from func_amqp.security.signing import Signer
+
+FETCHED_CRL = CRL_NAME
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A signer for outgoing messages and the trust for incoming ones (both optional)."""
+
+    signer: Signer | None = None
+    trust: TrustSource | None = None
+    source: str = "none"
+
+    @property
+    def fingerprint(self) -> str:
+        return self.signer.fingerprint if self.signer else ""
+
+
+def _readable(*paths: Path) -> bool:
+    return all(os.access(p, os.R_OK) for p in paths)
+
+
+def crl_path(paths: Paths, configured: str = "") -> Path:
+    """func's ``crl_location``, else the CA's CRL on its own host, else a fetched copy."""
+    if configured:
+        return Path(configured)
+    on_ca_host = paths.ca_dir / CRL_NAME
+    return on_ca_host if on_ca_host.exists() else paths.pki_dir / FETCHED_CRL
+
+
+def from_files(key_file: Path, cert_file: Path, ca_file: Path, crl: Path, source: str) -> Credentials:
+    signer = Signer(load_private_key(key_file), load_certificate(cert_file))
+    return Credentials(signer, TrustSource(ca_file, crl), source)
+
+
+def host_certificate(pki_dir: Path) -> tuple[Path, Path] | None:
+    """The one ``<name>.pem``/``<name>.cert`` pair in the PKI directory, if exactly one."""
+    pairs = [
+        (cert.with_suffix(KEY_SUFFIX), cert)
+        for cert in sorted(pki_dir.glob(f"*{CERT_SUFFIX}"))
+        if cert.name != CA_CERT_FILE and _readable(cert.with_suffix(KEY_SUFFIX), cert)
+    ]
+    return pairs[0] if len(pairs) == 1 else None
+
+
+def overlord_credentials(paths: Paths, key_file: str = "", cert_file: str = "", ca_file: str = "") -> Credentials:
+    """Credentials for an overlord, in func's order (see the module docstring)."""
+    crl = crl_path(paths)
+    if key_file and cert_file and ca_file:
+        return from_files(Path(key_file), Path(cert_file), Path(ca_file), crl, "config")
+    ca_key, ca_cert = paths.ca_dir / CA_KEY_NAME, paths.ca_dir / CA_CERT_NAME
+    if _readable(ca_key, ca_cert):
+        return from_files(ca_key, ca_cert, ca_cert, crl, "certmaster")
+    host = host_certificate(paths.pki_dir)
+    ca = paths.pki_dir / CA_CERT_FILE
+    if host is not None and _readable(ca):
+        return from_files(host[0], host[1], ca, crl, "host")
+    return Credentials()
