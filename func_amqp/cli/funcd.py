@@ -42,6 +42,9 @@ def print_info(minion: daemon.Minion) -> None:
     print(f"broker:           {url}")
     for key, value in vars(minion.config).items():
         print(f"  {key} = {value}")
+    identity = minion.identity()
+    state = "enrolled" if identity.is_complete() else "none yet (asks the certmaster at start)"
+    print(f"certificate:      {identity.cert_path} ({state})")
     print("modules:")
     for module, methods in minion.interface.inventory().items():
         print(f"  {module}: {', '.join(methods)}")

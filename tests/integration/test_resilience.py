@@ -142,7 +142,15 @@ def test_expired_request_is_never_started(broker_url: str, minions: MinionFactor
             assert signer is not None
             signer.sign(env)  # a genuine caller's request, only late
             # no broker TTL: the minion itself must see the deadline has passed
-            await exchange.publish(aio_pika.Message(env.body, headers=dict(env.headers), reply_to=replies.name), routing_key=name)
+            message = aio_pika.Message(
+                env.body,
+                headers=dict(env.headers),
+                reply_to=env.reply_to,
+                correlation_id=env.correlation_id,
+                message_id=env.message_id,
+                type=env.type,
+            )
+            await exchange.publish(message, routing_key=name)
             message = await _wait_one(replies)
             reply = codec.decode(codec_env(message), 1 << 20)
             assert isinstance(reply, ExceptionResponse)
