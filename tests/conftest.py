@@ -76,10 +76,15 @@ def prefix() -> str:
 class MinionProcess:
     """A funcd started as a real process."""
 
-    def __init__(self, name: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    def __init__(self, name: str, proc: subprocess.Popen[bytes], log: Path, audit: Path, confdir: Path) -> None:
         self.name = name
         self.proc = proc
         self.log = log
+        self.audit = audit
+        self.confdir = confdir
+
+    def audit_lines(self) -> list[str]:
+        return self.audit.read_text().splitlines() if self.audit.exists() else []
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:
@@ -124,7 +129,8 @@ class MinionFactory:
         provision(name)
         confdir = self.workdir / f"conf-{name}"
         confdir.mkdir(exist_ok=True)
-        (confdir / "minion.conf").write_text("[main]\nheartbeat_interval = 5\n" + conf)
+        audit = self.workdir / f"{name}-audit.log"
+        (confdir / "minion.conf").write_text(f"[main]\nheartbeat_interval = 5\naudit_log = {audit}\n" + conf)
         for class_name, lines in (modules or {}).items():
             (confdir / "modules").mkdir(exist_ok=True)
             (confdir / "modules" / f"{class_name}.conf").write_text("[main]\n" + lines)
@@ -136,7 +142,7 @@ class MinionFactory:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        minion = MinionProcess(name, proc, log)
+        minion = MinionProcess(name, proc, log, audit, confdir)
         self.started.append(minion)
         if wait:
             self.wait_ready(minion)

@@ -236,6 +236,7 @@ class Signer:
         if _public_der(private_key.public_key()) != _public_der(certificate.public_key()):  # type: ignore[arg-type]
             raise ValueError("the private key does not belong to the certificate")
         self._key = private_key
+        self.certificate = certificate
         self._certificate_b64 = base64.b64encode(
             certificate.public_bytes(serialization.Encoding.DER)
         ).decode("ascii")
