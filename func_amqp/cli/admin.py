@@ -23,6 +23,7 @@ from func_amqp.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
     USER_ERRORS,
+    positive_seconds,
     report,
     setup_logging,
 )
@@ -269,20 +270,10 @@ class CertmasterCommand(CommandGroup):
 GROUPS: tuple[CommandGroup, ...] = (BrokerCommands(), MinionsCommands(), CaCommands(), CertmasterCommand())
 
 
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
-    return value
-
-
 def _add_timeout(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
         "--timeout",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
         help=f"{what} (default: {DEFAULT_TIMEOUT:g})",

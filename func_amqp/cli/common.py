@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
-from typing import Callable
+from typing import Callable, Mapping
 
 from func_amqp.errors import FuncAmqpError, FuncException
 
@@ -20,6 +21,31 @@ LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 
 CLIENT_LIBRARY_LOGGERS = ("aio_pika", "aiormq")
 """Their reconnect chatter belongs in a daemon's log, not on an interactive terminal."""
+
+
+OK_MARK = "[ ok ... ]"
+FAILED_MARK = "[ FAILED ]"
+"""func's per-minion marks, as its ping and copyfile printed them."""
+
+
+def print_outcomes(outcomes: Mapping[str, tuple[bool, str]]) -> int:
+    """One line per minion, sorted: ``[ ok ... ] name: detail``; EXIT_FAILED if any failed."""
+    for minion in sorted(outcomes):
+        ok, detail = outcomes[minion]
+        suffix = f": {detail}" if detail else ""
+        print(f"{OK_MARK if ok else FAILED_MARK} {minion}{suffix}")
+    return EXIT_OK if all(ok for ok, _ in outcomes.values()) else EXIT_FAILED
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type for durations."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
 
 
 def report(prog: str, message: str) -> None:

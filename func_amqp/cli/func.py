@@ -24,7 +24,7 @@ from typing import Any, Awaitable, Callable, Sequence
 
 import func_amqp
 from func_amqp import utils
-from func_amqp.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, run_main, setup_logging
+from func_amqp.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, positive_seconds, print_outcomes, run_main, setup_logging
 from func_amqp.cli.display import MODES, make_display
 from func_amqp.cli.transfer import add_transfer_commands
 from func_amqp.errors import ArgumentError, RemoteCallError
@@ -114,15 +114,12 @@ async def cmd_follow(ol: AsyncOverlord, args: argparse.Namespace) -> int:
 
 async def cmd_cancel(ol: AsyncOverlord, args: argparse.Namespace) -> int:
     results = await ol.cancel(args.call_id)
-    failed = False
-    for minion in sorted(results):
-        outcome = results[minion]
-        if utils.is_error(outcome):
-            failed = True
-            print(f"[ FAILED ] {minion}: {outcome[2]}")
-        else:
-            print(f"[ {'cancelled' if outcome else 'not running'} ] {minion}")
-    return EXIT_FAILED if failed else EXIT_OK
+    return print_outcomes(
+        {
+            m: (False, r[2]) if utils.is_error(r) else (True, "cancelled" if r else "not running")
+            for m, r in results.items()
+        }
+    )
 
 
 def _interrupted() -> int:
@@ -148,13 +145,9 @@ async def _converted(ol: AsyncOverlord, module: str, method: str, raw: list[str]
 
 async def cmd_ping(ol: AsyncOverlord, args: argparse.Namespace) -> int:
     results = await ol.call("test", "ping")
-    for minion in sorted(results):
-        result = results[minion]
-        if utils.is_error(result):
-            print(f"[ FAILED ] {minion}" + (f": {result[2]}" if args.verbose else ""))
-        else:
-            print(f"[ ok ... ] {minion}")
-    return _status(results)
+    return print_outcomes(
+        {m: (not utils.is_error(r), r[2] if utils.is_error(r) and args.verbose else "") for m, r in results.items()}
+    )
 
 
 async def cmd_list_minions(ol: AsyncOverlord, args: argparse.Namespace) -> int:
@@ -166,16 +159,6 @@ async def cmd_list_minions(ol: AsyncOverlord, args: argparse.Namespace) -> int:
 Command = Callable[[AsyncOverlord, argparse.Namespace], Awaitable[int]]
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -183,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Spec: ';'-separated globs (case-insensitive), @group or @group:glob. "
         'Example: func "web*;@db" call service restart httpd',
     )
-    parser.add_argument("-t", "--timeout", type=_positive_float, help="seconds to wait for each minion (default: call_timeout in overlord.conf)")
+    parser.add_argument("-t", "--timeout", type=positive_seconds, help="seconds to wait for each minion (default: call_timeout in overlord.conf)")
     parser.add_argument("-e", "--exclude", metavar="SPEC", help="minions to leave out, same syntax as the spec")
     parser.add_argument("-c", "--conf", metavar="DIR", help="configuration directory")
     parser.add_argument("--version", action="version", version=f"%(prog)s {func_amqp.__version__}")

@@ -12,12 +12,10 @@ import argparse
 from typing import Any
 
 from func_amqp import utils
-from func_amqp.cli.common import EXIT_FAILED, EXIT_OK
+from func_amqp.cli.common import print_outcomes
 from func_amqp.overlord.caller import AsyncOverlord
 from func_amqp.overlord.local import copyfile, getfile
 
-OK_MARK = "[ ok ... ]"
-FAILED_MARK = "[ FAILED ]"
 
 
 def _per_minion(ol: AsyncOverlord, results: Any) -> dict[str, Any]:
@@ -29,30 +27,25 @@ def _per_minion(ol: AsyncOverlord, results: Any) -> dict[str, Any]:
 
 async def cmd_copyfile(ol: AsyncOverlord, args: argparse.Namespace) -> int:
     results = _per_minion(ol, await copyfile.send(ol, args.file, args.remotepath, force=args.force))
-    failed = False
-    for minion in sorted(results):
-        result = results[minion]
+
+    def outcome(result: Any) -> tuple[bool, str]:
         if utils.is_error(result):
-            failed = True
-            print(f"{FAILED_MARK} {minion}: {result[2]}")
-        elif result == copyfile.UNCHANGED:
-            print(f"{OK_MARK} {minion}: unchanged" + (f" ({args.remotepath})" if args.verbose else ""))
-        else:
-            print(f"{OK_MARK} {minion}: copied" + (f" to {args.remotepath}" if args.verbose else ""))
-    return EXIT_FAILED if failed else EXIT_OK
+            return False, result[2]
+        if result == copyfile.UNCHANGED:
+            return True, "unchanged" + (f" ({args.remotepath})" if args.verbose else "")
+        return True, "copied" + (f" to {args.remotepath}" if args.verbose else "")
+
+    return print_outcomes({minion: outcome(result) for minion, result in results.items()})
 
 
 async def cmd_getfile(ol: AsyncOverlord, args: argparse.Namespace) -> int:
     results = _per_minion(ol, await getfile.get(ol, args.remotesource, args.localdir))
-    failed = False
-    for minion in sorted(results):
-        status, detail = results[minion]
-        if status == getfile.OK:
-            print(f"{OK_MARK} {minion}" + (f": {detail}" if args.verbose else ""))
-        else:
-            failed = True
-            print(f"{FAILED_MARK} {minion}: {detail}")
-    return EXIT_FAILED if failed else EXIT_OK
+    return print_outcomes(
+        {
+            minion: (status == getfile.OK, detail if status != getfile.OK or args.verbose else "")
+            for minion, (status, detail) in results.items()
+        }
+    )
 
 
 def add_transfer_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:

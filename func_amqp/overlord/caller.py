@@ -92,19 +92,26 @@ def split_method_path(path: Sequence[str]) -> tuple[str, str]:
     return ".".join(path[:-1]), path[-1]
 
 
-class _AsyncMethod:
-    """``ol.module.method`` as an awaitable call target (aio-pika's Proxy shape)."""
+class MethodPath:
+    """``overlord.module.method`` collected attribute by attribute (aio-pika's Proxy
+    shape); subclasses decide what calling it does."""
 
     __slots__ = ("_overlord", "_path")
 
-    def __init__(self, overlord: "AsyncOverlord", path: tuple[str, ...]) -> None:
+    def __init__(self, overlord: Any, path: tuple[str, ...]) -> None:
         self._overlord = overlord
         self._path = path
 
-    def __getattr__(self, name: str) -> "_AsyncMethod":
+    def __getattr__(self, name: str) -> "MethodPath":
         if name.startswith("__"):
             raise AttributeError(name)
-        return _AsyncMethod(self._overlord, self._path + (name,))
+        return type(self)(self._overlord, self._path + (name,))
+
+
+class _AsyncMethod(MethodPath):
+    """An awaitable call target."""
+
+    __slots__ = ()
 
     async def __call__(self, *args: Any) -> Any:
         module, method = split_method_path(self._path)

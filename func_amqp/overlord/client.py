@@ -24,7 +24,7 @@ from typing import Any
 
 from func_amqp.config import OverlordConfig, Paths, resolve_broker_url
 from func_amqp.errors import Func_Client_Exception
-from func_amqp.overlord.caller import AsyncOverlord, EventCallback, split_method_path
+from func_amqp.overlord.caller import AsyncOverlord, EventCallback, MethodPath, split_method_path
 from func_amqp.overlord.local import LocalModules
 from func_amqp.overlord.session import Session
 
@@ -35,19 +35,10 @@ RUN_MARGIN = 10.0
 """Seconds beyond the call timeout before the synchronous wait itself gives up."""
 
 
-class CommandAutomagic:
+class CommandAutomagic(MethodPath):
     """``overlord.module.method`` path collector, func's name for it."""
 
-    __slots__ = ("_overlord", "_path")
-
-    def __init__(self, overlord: "Overlord", path: tuple[str, ...]) -> None:
-        self._overlord = overlord
-        self._path = path
-
-    def __getattr__(self, name: str) -> "CommandAutomagic":
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return CommandAutomagic(self._overlord, self._path + (name,))
+    __slots__ = ()
 
     def __call__(self, *args: Any) -> Any:
         module, method = split_method_path(self._path)
