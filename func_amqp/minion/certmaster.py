@@ -18,6 +18,7 @@ from func_amqp.minion.security import OpenAccess
 from func_amqp.minion.server import AmqpInterface
 from func_amqp.minion.service import MinionService, ServiceSettings
 from func_amqp.security.ca import CertificateAuthority
+from func_amqp.security.credentials import broker_tls, overlord_credentials
 from func_amqp.transport import transport_for_url
 
 _log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ async def serve_certmaster(paths: Paths, name: str, broker_url: str, stop: async
     if not authority.exists():
         authority.init()
         _log.info("created the certificate authority in %s", authority.directory)
-    transport = transport_for_url(broker_url)
+    transport = transport_for_url(broker_url, broker_tls(broker_url, overlord_credentials(paths), paths))
     await transport.connect()
     try:
         service = MinionService(

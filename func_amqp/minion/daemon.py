@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 from dataclasses import dataclass
 from typing import Awaitable, Callable, TypeVar
 from pathlib import Path
@@ -23,7 +24,8 @@ from func_amqp.minion.security import Gate, MinionSecurity, OpenAccess
 from func_amqp.minion.service import MinionService, ServiceSettings
 from func_amqp.overlord.rpc import RpcClient
 from func_amqp.protocol.names import valid_minion_name
-from func_amqp.security.credentials import Credentials, crl_path, from_files
+from func_amqp.security.credentials import Credentials, broker_tls, crl_path, from_files
+from func_amqp.security.tls import wants_tls
 from func_amqp.security.identity import acl_key
 from func_amqp.security.keys import HostIdentity
 from func_amqp.transport import Transport, transport_for_url
@@ -105,6 +107,18 @@ class Minion:
         identity = self.identity()
         return from_files(identity.key_path, identity.cert_path, identity.ca_path, crl, "enrolled")
 
+    def broker_tls(self) -> ssl.SSLContext | None:
+        """TLS with this minion's own certificate, for an ``amqps://`` broker."""
+        if not wants_tls(self.broker_url):
+            return None
+        if self.needs_enrollment():
+            raise ConfigError(
+                f"minion {self.name} has no certificate yet, and an amqps:// broker wants one: "
+                "enrol it first (it asks the certmaster over a plain listener) or set "
+                "key_file, cert_file and ca_file in minion.conf"
+            )
+        return broker_tls(self.broker_url, self.credentials(), self.paths)
+
     def needs_enrollment(self) -> bool:
         cfg = self.config
         configured = bool(cfg.key_file and cfg.cert_file and cfg.ca_file)
@@ -151,7 +165,7 @@ class Minion:
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then shut down gracefully."""
-        transport = transport_for_url(self.broker_url)
+        transport = transport_for_url(self.broker_url, self.broker_tls())
         await transport.connect()
         background: set[asyncio.Task[None]] = set()
         try:

@@ -26,7 +26,7 @@ from func_amqp.overlord.groups import Groups
 from func_amqp.overlord.rpc import RpcClient
 from func_amqp.overlord.targets import resolve_spec, spec_needs_directory
 from func_amqp.protocol.messages import AgentInfo, Indication, ProgressIndication
-from func_amqp.security.credentials import Credentials, overlord_credentials
+from func_amqp.security.credentials import Credentials, broker_tls, overlord_credentials
 from func_amqp.transport import Transport, transport_for_url
 
 
@@ -164,11 +164,11 @@ class AsyncOverlord:
     async def connect(self) -> None:
         if self._rpc is not None:
             return
+        creds = self.credentials()
         if self._transport is None:
             url = self._url or resolve_broker_url(self.config.broker_url, self.paths)
-            self._transport = transport_for_url(url)
+            self._transport = transport_for_url(url, broker_tls(url, creds, self.paths))
             await self._transport.connect()
-        creds = self.credentials()
         rpc = RpcClient(self._transport, self.config.max_message_bytes, signer=creds.signer, trust=creds.trust)
         await rpc.start()
         self._rpc = rpc

@@ -27,6 +27,7 @@ from func_amqp.errors import Func_Client_Exception
 from func_amqp.overlord.caller import AsyncOverlord, EventCallback, MethodPath, split_method_path
 from func_amqp.overlord.local import LocalModules
 from func_amqp.overlord.session import Session
+from func_amqp.security.credentials import broker_tls
 
 DEFAULT_PORT = 51234
 """func's XML-RPC port; accepted in the constructor for compatibility only."""
@@ -95,8 +96,11 @@ class Overlord:
             config_dir=config_dir,
             config=self.config,
         )
+        creds = self._async.credentials()
         rpc = self._session.run(
-            self._session.client(self._url, self.config.max_message_bytes, self._async.credentials())
+            self._session.client(
+                self._url, self.config.max_message_bytes, creds, broker_tls(self._url, creds, paths)
+            )
         )
         self._async.use(rpc)
         self.timeout = self._async.timeout

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import ssl
 import threading
 from concurrent.futures import Future
 from typing import Any, Coroutine, TypeVar
@@ -52,13 +53,15 @@ class Session:
             future.cancel()
             raise
 
-    async def client(self, url: str, max_message_bytes: int, credentials: Credentials) -> RpcClient:
+    async def client(
+        self, url: str, max_message_bytes: int, credentials: Credentials, ssl_context: ssl.SSLContext | None = None
+    ) -> RpcClient:
         """The shared, connected client for ``url`` and these credentials (made on first use)."""
         key = (url, max_message_bytes, credentials.fingerprint)
         async with self._client_lock:
             client = self._clients.get(key)
             if client is None:
-                transport = transport_for_url(url)
+                transport = transport_for_url(url, ssl_context)
                 await transport.connect()
                 client = RpcClient(transport, max_message_bytes, signer=credentials.signer, trust=credentials.trust)
                 await client.start()

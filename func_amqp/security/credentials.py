@@ -12,16 +12,20 @@ signatures will answer.
 from __future__ import annotations
 
 import os
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
 from func_amqp.config import Paths
+from func_amqp.errors import ConfigError
 from func_amqp.security.ca import CA_CERT_NAME, CA_KEY_NAME, CRL_NAME
 from func_amqp.security.identity import TrustSource
 from func_amqp.security.keys import CA_CERT_FILE, CERT_SUFFIX, KEY_SUFFIX, load_certificate, load_private_key
 from func_amqp.security.signing import Signer
+from func_amqp.security.tls import client_context, wants_tls
 
 FETCHED_CRL = CRL_NAME
+CERTMASTER_SOURCE = "certmaster"
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,9 @@ class Credentials:
     signer: Signer | None = None
     trust: TrustSource | None = None
     source: str = "none"
+    key_file: Path | None = None
+    cert_file: Path | None = None
+    ca_file: Path | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -51,7 +58,7 @@ def crl_path(paths: Paths, configured: str = "") -> Path:
 
 def from_files(key_file: Path, cert_file: Path, ca_file: Path, crl: Path, source: str) -> Credentials:
     signer = Signer(load_private_key(key_file), load_certificate(cert_file))
-    return Credentials(signer, TrustSource(ca_file, crl), source)
+    return Credentials(signer, TrustSource(ca_file, crl), source, key_file, cert_file, ca_file)
 
 
 def host_certificate(pki_dir: Path) -> tuple[Path, Path] | None:
@@ -71,9 +78,29 @@ def overlord_credentials(paths: Paths, key_file: str = "", cert_file: str = "", 
         return from_files(Path(key_file), Path(cert_file), Path(ca_file), crl, "config")
     ca_key, ca_cert = paths.ca_dir / CA_KEY_NAME, paths.ca_dir / CA_CERT_NAME
     if _readable(ca_key, ca_cert):
-        return from_files(ca_key, ca_cert, ca_cert, crl, "certmaster")
+        return from_files(ca_key, ca_cert, ca_cert, crl, CERTMASTER_SOURCE)
     host = host_certificate(paths.pki_dir)
     ca = paths.pki_dir / CA_CERT_FILE
     if host is not None and _readable(ca):
         return from_files(host[0], host[1], ca, crl, "host")
     return Credentials()
+
+
+def broker_tls(url: str, creds: Credentials, paths: Paths) -> ssl.SSLContext | None:
+    """The TLS context for ``url`` (None for plain ``amqp://``).
+
+    The client certificate is the signing one, except for the certmaster key: a CA
+    certificate is no client certificate, so this host's own is presented instead.
+    """
+    if not wants_tls(url):
+        return None
+    key_file, cert_file, ca_file = creds.key_file, creds.cert_file, creds.ca_file
+    if creds.source == CERTMASTER_SOURCE:
+        host = host_certificate(paths.pki_dir)
+        key_file, cert_file = host if host is not None else (None, None)
+    if key_file is None or cert_file is None or ca_file is None:
+        raise ConfigError(
+            f"{url.split('?')[0]} needs a client certificate and none is available: enrol this "
+            "host (funcd) or set key_file, cert_file and ca_file in the config"
+        )
+    return client_context(ca_file, cert_file, key_file)

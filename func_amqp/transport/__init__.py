@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from urllib.parse import urlsplit
 
 from func_amqp.errors import ConfigError
@@ -11,8 +12,11 @@ AMQP091_SCHEMES = ("amqp", "amqps")
 MEMORY_SCHEME = "memory"
 
 
-def transport_for_url(url: str) -> Transport:
-    """The transport that speaks ``url``'s scheme; ConfigError for anything else."""
+def transport_for_url(url: str, ssl_context: ssl.SSLContext | None = None) -> Transport:
+    """The transport that speaks ``url``'s scheme; ConfigError for anything else.
+
+    ``ssl_context`` (for ``amqps://``) carries the client certificate and trusted CA.
+    """
     try:
         scheme = urlsplit(url).scheme.lower()
     except ValueError as exc:
@@ -20,7 +24,7 @@ def transport_for_url(url: str) -> Transport:
     if scheme in AMQP091_SCHEMES:
         from func_amqp.transport.amqp091 import Amqp091Transport
 
-        return Amqp091Transport(url)
+        return Amqp091Transport(url, ssl_context=ssl_context)
     if scheme == MEMORY_SCHEME:
         from func_amqp.transport.memory import MemoryTransport
 

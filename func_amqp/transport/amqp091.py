@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 import uuid
 from datetime import datetime, timezone
@@ -151,9 +152,10 @@ class _AutoAcked:
 class Amqp091Transport(Transport):
     """The transport for ``amqp://`` and ``amqps://`` URLs."""
 
-    def __init__(self, url: str, *, connect_timeout: float = CONNECT_TIMEOUT) -> None:
+    def __init__(self, url: str, *, connect_timeout: float = CONNECT_TIMEOUT, ssl_context: ssl.SSLContext | None = None) -> None:
         self.url = url
         self._connect_timeout = connect_timeout
+        self._ssl_context = ssl_context
         self._connection: AbstractRobustConnection | None = None
         self._publish: AbstractRobustChannel | None = None
         self._consume: AbstractRobustChannel | None = None
@@ -172,6 +174,7 @@ class Amqp091Transport(Transport):
                     timeout=self._connect_timeout,
                     reconnect_interval=RECONNECT_INTERVAL,
                     client_properties={"connection_name": "func-amqp"},
+                    ssl_context=self._ssl_context,
                 )
         except (*CONNECTION_ERRORS, OSError, ValueError) as exc:
             raise BrokerUnreachable(masked_url(self.url), str(exc) or type(exc).__name__) from exc
