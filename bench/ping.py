@@ -1,0 +1,899 @@
+"""``test.ping`` round trips through func-amqp, against bare aio-pika on the same broker.
+
+One run starts everything it measures and stops it again: a private RabbitMQ node
+(unless ``--url`` names a broker), one ``funcd`` process serving ``bench-minion`` with
+a certificate from a CA the benchmark creates (requests and replies are signed, as in
+any real deployment), and two plain aio-pika servers in their own processes
+(``bench/bare_server.py``), one whose replies use publisher confirms (aio-pika's
+default channel) and one without. Then:
+
+- func-amqp: the synchronous ``Overlord(..., noglobs=True).test.ping()`` one call at a
+  time, the asyncio ``AsyncOverlord`` one call at a time, and ``AsyncOverlord`` with
+  ``--window`` calls in flight;
+- bare aio-pika: a client with its own exclusive reply queue, correlation ids and one
+  future per call, one call at a time and with ``--window`` calls in flight.
+
+Every scenario starts with warm-up calls that are not counted. The timed calls are then
+made in ``--slices`` slices, the scenarios taking turns slice by slice (in reverse order
+every other slice), so a burst of unrelated load on the machine hits all of them alike
+instead of spoiling one. Reported: calls/s over the timed calls, latency percentiles of
+each call, the spread of the headline ratio across slices, the CPU time each process
+spent per call (client, server, and the broker when this run started it), how many cores
+other work kept busy meanwhile, and the bytes the client put on the wire per call.
+
+    python bench/ping.py [--calls 2000] [--concurrent-calls 5000] [--window 64]
+                         [--url amqp://...] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import aio_pika  # noqa: E402
+from aio_pika.abc import AbstractIncomingMessage  # noqa: E402
+
+from func_amqp.broker.node import PrivateBroker  # noqa: E402
+from func_amqp.config import (  # noqa: E402
+    ENV_BROKER_URL,
+    ENV_CONFIG_DIR,
+    ENV_STATE_DIR,
+    MinionConfig,
+    Paths,
+)
+from func_amqp.errors import FuncAmqpError  # noqa: E402
+from func_amqp.overlord.caller import AsyncOverlord  # noqa: E402
+from func_amqp.overlord.client import Overlord  # noqa: E402
+from func_amqp.overlord.session import Session  # noqa: E402
+from func_amqp.protocol import codec  # noqa: E402
+from func_amqp.protocol.messages import MethodRequest, MethodResponse  # noqa: E402
+
+MINION_NAME = "bench-minion"
+BARE_SERVER = REPO / "bench" / "bare_server.py"
+AIM = 0.70
+"""func-amqp concurrent throughput as a share of bare aio-pika's: the project's aim."""
+
+BROKER_START_TIMEOUT = 120.0
+BROKER_STOP_TIMEOUT = 60.0
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+CALL_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 10.0
+PHASE_BASE_SECONDS = 30.0
+PHASE_SECONDS_PER_CALL = 0.05
+"""A slice may take 30 s plus 50 ms a call (20 calls/s) before the run is abandoned."""
+POLL_INTERVAL = 0.1
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on: a process failed, a call failed, a bound was hit."""
+
+
+# --- processes ------------------------------------------------------------------------
+
+
+def process_cpu(pid: int | None) -> float | None:
+    """User plus system CPU seconds of ``pid`` (all threads), from /proc."""
+    if pid is None:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def machine_busy() -> float | None:
+    """CPU seconds all cores have spent busy since boot (everything but idle and iowait)."""
+    try:
+        fields = Path("/proc/stat").read_text(encoding="ascii").split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(f) for f in fields[:8]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / CLK_TCK
+
+
+PROCESSES = ("client", "server", "broker")
+"""The processes whose CPU time a call is charged: the other reading is the whole machine."""
+
+_SS_SENT = re.compile(r"\bbytes_sent:(\d+)")
+_SS_RECEIVED = re.compile(r"\bbytes_received:(\d+)")
+
+
+def socket_bytes(pid: int, port: int) -> tuple[int, int] | None:
+    """Bytes ``pid`` has sent to and received from ``port`` on its open TCP connections.
+
+    Read with ``ss`` (iproute2): exact bytes on the wire, AMQP framing, confirms and
+    signatures included, without touching the code under test. None without ``ss``.
+    """
+    try:
+        out = subprocess.run(
+            ["ss", "-tinpH", "state", "established", "dport", "=", f":{port}"],
+            capture_output=True, text=True, timeout=10, check=False,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    sent = received = 0
+    found = mine = False
+    for line in out.splitlines():
+        if not line[:1].isspace():
+            mine = f"pid={pid}," in line
+            found = found or mine
+        elif mine:
+            if m := _SS_SENT.search(line):
+                sent += int(m.group(1))
+            if m := _SS_RECEIVED.search(line):
+                received += int(m.group(1))
+    return (sent, received) if found else None
+
+
+class Child:
+    """A server process the benchmark starts, waits for, and always stops."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path, ready: str) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log = log
+        self.ready = ready
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def start(self) -> None:
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def output(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        """Until the process says ``ready`` in its output; its exit or silence is an error."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(f"{self.name} exited with {self.proc.returncode}:\n{self.output()}")
+            if self.ready in self.output():
+                return
+            time.sleep(POLL_INTERVAL)
+        raise BenchError(f"{self.name} not ready within {timeout:g} s:\n{self.output()}")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it lingers."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(STOP_TIMEOUT)
+
+
+# --- figures --------------------------------------------------------------------------
+
+
+def percentile(sorted_values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile of already sorted values."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(pct / 100.0 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+@dataclass
+class Sample:
+    """The timed part of one scenario: per-call latencies, wall time, CPU per process."""
+
+    calls: int = 0
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    cpu: dict[str, float | None] = field(default_factory=dict)
+    wire: tuple[int, int] | None = (0, 0)
+    slices: list[float] = field(default_factory=list)
+
+    def add(self, other: "Sample") -> None:
+        """Pool another slice of the same scenario into this one."""
+        self.calls += other.calls
+        self.seconds += other.seconds
+        self.latencies.extend(other.latencies)
+        for key, value in other.cpu.items():
+            mine = self.cpu.get(key, 0.0)
+            self.cpu[key] = None if value is None or mine is None else mine + value
+        if self.wire is None or other.wire is None:
+            self.wire = None
+        else:
+            self.wire = (self.wire[0] + other.wire[0], self.wire[1] + other.wire[1])
+        self.slices.append(other.rate)
+
+    @property
+    def rate(self) -> float:
+        return self.calls / self.seconds if self.seconds else math.nan
+
+    def cores_busy(self) -> dict[str, float | None]:
+        """Cores kept busy on average: by the measured processes, and by everything else
+        on the machine (other work competing with the benchmark)."""
+        if not self.seconds:
+            return {"measured": None, "others": None}
+        measured = [self.cpu.get(k) for k in PROCESSES]
+        ours = sum(v for v in measured if v is not None) / self.seconds
+        machine = self.cpu.get("machine")
+        others = None if machine is None else max(machine / self.seconds - ours, 0.0)
+        return {"measured": round(ours, 2), "others": None if others is None else round(others, 2)}
+
+    def summary(self) -> dict[str, Any]:
+        lat = sorted(self.latencies)
+        ms = 1000.0
+        return {
+            "calls": self.calls,
+            "seconds": round(self.seconds, 4),
+            "calls_per_second": round(self.rate, 1),
+            "latency_ms": {
+                "p50": round(percentile(lat, 50) * ms, 3),
+                "p95": round(percentile(lat, 95) * ms, 3),
+                "p99": round(percentile(lat, 99) * ms, 3),
+                "mean": round(sum(lat) / len(lat) * ms, 3) if lat else math.nan,
+                "max": round(lat[-1] * ms, 3) if lat else math.nan,
+            },
+            "cpu_us_per_call": {
+                key: (round(value / self.calls * 1e6, 1) if value is not None and self.calls else None)
+                for key, value in self.cpu.items()
+                if key in PROCESSES
+            },
+            "cores_busy": self.cores_busy(),
+            "client_wire_bytes_per_call": (
+                {"sent": round(self.wire[0] / self.calls), "received": round(self.wire[1] / self.calls)}
+                if self.wire is not None and self.calls else None
+            ),
+            "calls_per_second_by_slice": [round(r, 1) for r in self.slices],
+        }
+
+
+class CpuMeter:
+    """CPU seconds of this process and of the servers, and this process's bytes to the
+    broker, read before and after a slice."""
+
+    def __init__(self, pids: dict[str, int | None], broker_port: int) -> None:
+        self.pids = pids
+        self.broker_port = broker_port
+
+    def wire(self) -> tuple[int, int] | None:
+        return socket_bytes(os.getpid(), self.broker_port)
+
+    def read(self) -> dict[str, float | None]:
+        values: dict[str, float | None] = {"client": time.process_time()}
+        for key, pid in self.pids.items():
+            values[key] = process_cpu(pid)
+        values["machine"] = machine_busy()
+        return values
+
+    @staticmethod
+    def delta(before: dict[str, float | None], after: dict[str, float | None]) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for key, start in before.items():
+            end = after.get(key)
+            out[key] = None if start is None or end is None else end - start
+        return out
+
+
+def phase_budget(calls: int) -> float:
+    return PHASE_BASE_SECONDS + calls * PHASE_SECONDS_PER_CALL
+
+
+def expect_one(result: Any, what: str) -> None:
+    """``test.ping`` answers 1; anything else (a REMOTE_ERROR, a timeout) ends the run."""
+    if result != 1:
+        raise BenchError(f"{what}: test.ping answered {result!r}")
+
+
+SyncCall = Callable[[], Any]
+AsyncCall = Callable[[], Awaitable[Any]]
+
+
+def blocking_calls(call: SyncCall, count: int, what: str, give_up: threading.Event) -> list[float]:
+    """One blocking call at a time, each timed; runs in a worker thread."""
+    latencies: list[float] = []
+    for _ in range(count):
+        if give_up.is_set():
+            break
+        t0 = time.perf_counter()
+        result = call()
+        latencies.append(time.perf_counter() - t0)
+        expect_one(result, what)
+    return latencies
+
+
+async def awaited_calls(call: AsyncCall, count: int, what: str) -> list[float]:
+    """One awaited call at a time, each timed."""
+    latencies: list[float] = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        result = await call()
+        latencies.append(time.perf_counter() - t0)
+        expect_one(result, what)
+    return latencies
+
+
+async def windowed_calls(call: AsyncCall, count: int, window: int, what: str) -> list[float]:
+    """``window`` calls in flight at all times (a sliding window, not batches), each timed."""
+    latencies: list[float] = []
+    remaining = count
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            t0 = time.perf_counter()
+            result = await call()
+            latencies.append(time.perf_counter() - t0)
+            expect_one(result, what)
+
+    await asyncio.gather(*(worker() for _ in range(min(window, count))))
+    return latencies
+
+
+@dataclass
+class Scenario:
+    """One way of calling ``test.ping``, measured slice by slice into ``sample``."""
+
+    name: str
+    call: Callable[[], Any]
+    meter: CpuMeter
+    window: int = 1
+    blocking: bool = False
+    sample: Sample = field(default_factory=Sample)
+
+    async def run(self, count: int) -> Sample:
+        """``count`` calls, bounded in time; wall time, latencies and CPU of the slice."""
+        wire_before = self.meter.wire()
+        before = self.meter.read()
+        start = time.perf_counter()
+        give_up = threading.Event()
+        if self.blocking:
+            calls = asyncio.to_thread(blocking_calls, self.call, count, self.name, give_up)
+        elif self.window > 1:
+            calls = windowed_calls(self.call, count, self.window, self.name)
+        else:
+            calls = awaited_calls(self.call, count, self.name)
+        try:
+            latencies = await asyncio.wait_for(calls, phase_budget(count))
+        except asyncio.TimeoutError:
+            give_up.set()
+            raise BenchError(f"{self.name}: gave up after {phase_budget(count):g} s") from None
+        seconds = time.perf_counter() - start
+        cpu = CpuMeter.delta(before, self.meter.read())
+        wire_after = self.meter.wire()
+        wire = None
+        if wire_before is not None and wire_after is not None:
+            wire = (wire_after[0] - wire_before[0], wire_after[1] - wire_before[1])
+        return Sample(len(latencies), seconds, latencies, cpu, wire)
+
+
+def slice_sizes(total: int, slices: int) -> list[int]:
+    """``total`` split into ``slices`` near-equal parts (none empty)."""
+    slices = min(slices, total)
+    return [total // slices + (1 if i < total % slices else 0) for i in range(slices)]
+
+
+# --- the bare aio-pika client ----------------------------------------------------------
+
+
+def bare_request_body() -> bytes:
+    return json.dumps({"module": "test", "method": "ping", "args": []}).encode()
+
+
+class BareClient:
+    """Hand-written aio-pika RPC: exclusive reply queue, correlation ids, one future a call."""
+
+    def __init__(self, url: str, queue: str, confirms: bool) -> None:
+        self.url = url
+        self.queue = queue
+        self.confirms = confirms
+        self._pending: dict[str, asyncio.Future[Any]] = {}
+        self._connection: aio_pika.abc.AbstractConnection | None = None
+        self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._reply_to = ""
+
+    async def __aenter__(self) -> "BareClient":
+        self._connection = await aio_pika.connect(self.url, timeout=CONNECT_TIMEOUT)
+        self._channel = await self._connection.channel(publisher_confirms=self.confirms)
+        reply_queue = await self._channel.declare_queue(exclusive=True, auto_delete=True)
+        await reply_queue.consume(self._on_reply, no_ack=True)
+        self._reply_to = reply_queue.name
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+
+    @property
+    def server_version(self) -> str:
+        """The broker's product version, from the connection handshake."""
+        assert self._connection is not None
+        underlay = getattr(self._connection.transport, "connection", None)
+        props = getattr(underlay, "server_properties", None) or {}
+        version = props.get("version", "")
+        return version.decode() if isinstance(version, bytes) else str(version)
+
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        future = self._pending.pop(message.correlation_id or "", None)
+        if future is not None and not future.done():
+            future.set_result(json.loads(message.body))
+
+    async def ping(self) -> Any:
+        assert self._channel is not None
+        cid = uuid.uuid4().hex
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[cid] = future
+        try:
+            await self._channel.default_exchange.publish(
+                aio_pika.Message(
+                    body=bare_request_body(),
+                    content_type="application/json",
+                    correlation_id=cid,
+                    reply_to=self._reply_to,
+                ),
+                routing_key=self.queue,
+            )
+            reply = await asyncio.wait_for(future, CALL_TIMEOUT)
+        finally:
+            self._pending.pop(cid, None)
+        return reply.get("result") if isinstance(reply, dict) else reply
+
+
+# --- the run --------------------------------------------------------------------------
+
+SYNC_SEQ = "func-amqp Overlord (sync), sequential"
+ASYNC_SEQ = "func-amqp AsyncOverlord, sequential"
+ASYNC_CONC = "func-amqp AsyncOverlord, concurrent"
+BARE_SEQ = "bare aio-pika, sequential"
+BARE_CONC = "bare aio-pika, concurrent"
+PLAIN_SEQ = "bare aio-pika without confirms, sequential"
+PLAIN_CONC = "bare aio-pika without confirms, concurrent"
+SCENARIOS = (SYNC_SEQ, ASYNC_SEQ, ASYNC_CONC, BARE_SEQ, BARE_CONC, PLAIN_SEQ, PLAIN_CONC)
+
+
+@dataclass
+class Setup:
+    url: str
+    broker_port: int
+    conf_dir: Path
+    minion: Child
+    bare: Child
+    plain: Child
+    broker_pid: int | None
+
+
+def message_sizes(reply_to: str) -> dict[str, int]:
+    """Body sizes of one ping request and reply, func-amqp and bare, in bytes."""
+    cid = uuid.uuid4().hex
+    request = codec.encode(
+        MethodRequest("test", "ping", [], time.time() + CALL_TIMEOUT, MINION_NAME),
+        correlation_id=cid,
+        reply_to=reply_to,
+    )
+    reply = codec.encode(MethodResponse(1), correlation_id=cid, agent=MINION_NAME)
+    return {
+        "func_request_body": len(request.body),
+        "func_reply_body": len(reply.body),
+        "bare_request_body": len(bare_request_body()),
+        "bare_reply_body": len(json.dumps({"result": 1}).encode()),
+    }
+
+
+def broker_port(url: str) -> int:
+    parts = urllib.parse.urlsplit(url)
+    return parts.port or (5671 if parts.scheme == "amqps" else 5672)
+
+
+def provision(paths: Paths, name: str) -> bool:
+    """Give the minion a certificate from a CA kept in ``paths``, as an administrator would.
+
+    The benchmark process then holds the CA's key and signs its requests with it, as
+    func's overlord did with the certmaster key. A tree without a certificate authority
+    needs none of this: False.
+    """
+    try:
+        from func_amqp.security.ca import CertificateAuthority
+        from func_amqp.security.keys import HostIdentity
+    except ImportError:
+        return False
+    authority = CertificateAuthority(paths.ca_dir, autosign=True)
+    if not authority.exists():
+        authority.init()
+    identity = HostIdentity(paths.pki_dir, name)
+    if not identity.is_complete():
+        result = authority.submit(identity.csr_pem())
+        if not (result.signed and result.certificate and result.ca_certificate):
+            raise BenchError(f"the benchmark's CA did not sign {name}'s certificate: {result.reason}")
+        identity.store(result.certificate, result.ca_certificate)
+    return True
+
+
+def server_pids(setup: Setup, server: Child) -> dict[str, int | None]:
+    return {"server": server.pid, "broker": setup.broker_pid}
+
+
+async def measure_all(setup: Setup, args: argparse.Namespace, info: dict[str, Any]) -> dict[str, Sample]:
+    """Warm every scenario up, then time them slice by slice, taking turns."""
+    minion_meter = CpuMeter(server_pids(setup, setup.minion), setup.broker_port)
+    bare_meter = CpuMeter(server_pids(setup, setup.bare), setup.broker_port)
+    plain_meter = CpuMeter(server_pids(setup, setup.plain), setup.broker_port)
+    overlord = await asyncio.to_thread(
+        Overlord, MINION_NAME, noglobs=True, timeout=CALL_TIMEOUT, url=setup.url, config_dir=setup.conf_dir
+    )
+    async with (
+        AsyncOverlord(
+            MINION_NAME, noglobs=True, timeout=CALL_TIMEOUT, url=setup.url, config_dir=setup.conf_dir
+        ) as aol,
+        BareClient(setup.url, setup.bare.ready.split()[-1], confirms=True) as bare,
+        BareClient(setup.url, setup.plain.ready.split()[-1], confirms=False) as plain,
+    ):
+        info["rabbitmq"] = bare.server_version
+        w = args.window
+        sequential = [
+            Scenario(SYNC_SEQ, overlord.test.ping, minion_meter, blocking=True),
+            Scenario(ASYNC_SEQ, aol.test.ping, minion_meter),
+            Scenario(BARE_SEQ, bare.ping, bare_meter),
+            Scenario(PLAIN_SEQ, plain.ping, plain_meter),
+        ]
+        concurrent = [
+            Scenario(ASYNC_CONC, aol.test.ping, minion_meter, window=w),
+            Scenario(BARE_CONC, bare.ping, bare_meter, window=w),
+            Scenario(PLAIN_CONC, plain.ping, plain_meter, window=w),
+        ]
+        for scenario in sequential + concurrent:
+            if args.warmup:
+                await scenario.run(args.warmup)
+        for group, total in ((sequential, args.calls), (concurrent, args.concurrent_calls)):
+            for i, count in enumerate(slice_sizes(total, args.slices)):
+                for scenario in group if i % 2 == 0 else reversed(group):
+                    scenario.sample.add(await scenario.run(count))
+    return {s.name: s.sample for s in sequential + concurrent}
+
+
+def cpu_per_call(sample: Sample) -> float:
+    """CPU microseconds a call cost all measured processes together (client, server, broker).
+
+    On a machine whose cores the benchmark saturates, throughput follows this figure,
+    and unlike wall time it barely moves when something else runs at the same time.
+    """
+    known = [v for k, v in sample.cpu.items() if k in PROCESSES and v is not None]
+    return sum(known) / sample.calls * 1e6 if sample.calls else math.nan
+
+
+def ratios(results: dict[str, Sample]) -> dict[str, Any]:
+    def share(a: str, b: str) -> float:
+        return round(results[a].rate / results[b].rate, 3)
+
+    per_slice = [
+        round(f / b, 3) for f, b in zip(results[ASYNC_CONC].slices, results[BARE_CONC].slices)
+    ]
+    func_cpu, bare_cpu = cpu_per_call(results[ASYNC_CONC]), cpu_per_call(results[BARE_CONC])
+    return {
+        "cpu_us_per_call_func_concurrent": round(func_cpu, 1),
+        "cpu_us_per_call_bare_concurrent": round(bare_cpu, 1),
+        "bare_cpu_vs_func_cpu_concurrent": round(bare_cpu / func_cpu, 3) if func_cpu else math.nan,
+        "func_concurrent_vs_bare_concurrent": share(ASYNC_CONC, BARE_CONC),
+        "func_concurrent_vs_bare_concurrent_by_slice": per_slice,
+        "func_concurrent_vs_bare_without_confirms_concurrent": share(ASYNC_CONC, PLAIN_CONC),
+        "func_async_sequential_vs_bare_sequential": share(ASYNC_SEQ, BARE_SEQ),
+        "func_sync_sequential_vs_bare_sequential": share(SYNC_SEQ, BARE_SEQ),
+    }
+
+
+def tree_revision() -> str:
+    """The measured tree: commit, and whether it had uncommitted changes."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def machine_info() -> dict[str, Any]:
+    os_name = platform.platform()
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                os_name = line.partition("=")[2].strip('"')
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "os": os_name,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "aio_pika": aio_pika.__version__,
+    }
+
+
+# --- output ---------------------------------------------------------------------------
+
+COLUMNS = ("scenario", "calls", "in flight", "calls/s", "p50 ms", "p95 ms", "p99 ms",
+           "CPU us/call client", "server", "broker")
+
+
+def table_rows(report: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for name, fig in report["results"].items():
+        cpu = fig["cpu_us_per_call"]
+        rows.append([
+            name,
+            str(fig["calls"]),
+            str(fig["in_flight"]),
+            f"{fig['calls_per_second']:,.0f}",
+            f"{fig['latency_ms']['p50']:.2f}",
+            f"{fig['latency_ms']['p95']:.2f}",
+            f"{fig['latency_ms']['p99']:.2f}",
+            *("-" if cpu.get(k) is None else f"{cpu[k]:,.0f}" for k in ("client", "server", "broker")),
+        ])
+    return rows
+
+
+def cores_line(report: dict[str, Any]) -> str:
+    """How busy the machine was in the concurrent scenarios, by us and by anything else."""
+    parts = []
+    for name, label in ((ASYNC_CONC, "func-amqp"), (BARE_CONC, "bare")):
+        busy = report["results"][name]["cores_busy"]
+        others = "?" if busy["others"] is None else f"{busy['others']:.2f}"
+        parts.append(f"{label} {busy['measured']:.2f} (+{others} other work)")
+    return f"cores busy during the concurrent calls, of {report['machine']['cpus']}: " + ", ".join(parts)
+
+
+def wire_line(report: dict[str, Any]) -> str:
+    """Bytes the client sent and received per call, sequential scenarios (no batching)."""
+    func = report["results"][ASYNC_SEQ]["client_wire_bytes_per_call"]
+    bare = report["results"][BARE_SEQ]["client_wire_bytes_per_call"]
+    if func is None or bare is None:
+        return "bytes on the wire: not measured (needs ss)"
+    return (
+        f"client bytes on the wire per sequential call, sent / received: func-amqp "
+        f"{func['sent']:,} / {func['received']:,}, bare {bare['sent']:,} / {bare['received']:,}"
+    )
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    r = report["ratios"]
+    head = r["func_concurrent_vs_bare_concurrent"]
+    spread = r["func_concurrent_vs_bare_concurrent_by_slice"] or [head]
+    verdict = "meets" if head >= AIM else "misses"
+    m, s = report["machine"], report["settings"]
+    sizes = report["message_sizes"]
+    return [
+        f"func-amqp concurrent / bare aio-pika concurrent: {head:.0%} ({verdict} the {AIM:.0%} aim; "
+        f"by slice {min(spread):.0%} to {max(spread):.0%})",
+        f"CPU per concurrent call, all processes: func-amqp {r['cpu_us_per_call_func_concurrent']:,.0f} us, "
+        f"bare {r['cpu_us_per_call_bare_concurrent']:,.0f} us (bare / func-amqp: "
+        f"{r['bare_cpu_vs_func_cpu_concurrent']:.0%})",
+        cores_line(report),
+        f"func-amqp concurrent / bare aio-pika without confirms concurrent: "
+        f"{r['func_concurrent_vs_bare_without_confirms_concurrent']:.0%}",
+        f"sequential, AsyncOverlord / bare: {r['func_async_sequential_vs_bare_sequential']:.0%}; "
+        f"sync Overlord / bare: {r['func_sync_sequential_vs_bare_sequential']:.0%}",
+        wire_line(report),
+        f"JSON bodies: request func-amqp {sizes['func_request_body']} bytes, bare {sizes['bare_request_body']}; "
+        f"reply {sizes['func_reply_body']} / {sizes['bare_reply_body']}; "
+        f"func-amqp requests {'signed' if s['signed_requests'] else 'unsigned'}",
+        f"{m['cpus']} CPUs, {m['os']}, Python {m['python']}, aio-pika {m['aio_pika']}, "
+        f"RabbitMQ {report.get('rabbitmq', '?')} ({s['broker']}); warm-up {s['warmup']} calls a scenario, "
+        f"timed calls in {s['slices']} interleaved slices",
+        f"load average before {report['load']['before']}, after {report['load']['after']}; "
+        f"tree {report['tree'] or '?'}",
+    ]
+
+
+def print_report(report: dict[str, Any]) -> None:
+    rows = table_rows(report)
+    lines = summary_lines(report)
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="test.ping round trips")
+        for i, col in enumerate(COLUMNS):
+            table.add_column(col, justify="left" if i == 0 else "right")
+        for row in rows:
+            table.add_row(*row)
+        console = Console()
+        console.print(table)
+        for line in lines:
+            console.print(line, highlight=False)
+        return
+    widths = [max(len(COLUMNS[i]), *(len(r[i]) for r in rows)) for i in range(len(COLUMNS))]
+
+    def fmt(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    print(fmt(COLUMNS))
+    print(fmt(["-" * w for w in widths]))
+    for row in rows:
+        print(fmt(row))
+    print()
+    for line in lines:
+        print(line)
+
+
+# --- main -----------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=2000, help="timed sequential calls a scenario (default: %(default)s)")
+    parser.add_argument("--concurrent-calls", type=int, default=5000, help="timed concurrent calls a scenario (default: %(default)s)")
+    parser.add_argument("--window", type=int, default=64, help="calls in flight in the concurrent scenarios (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=200, help="untimed calls before each scenario (default: %(default)s)")
+    parser.add_argument("--slices", type=int, default=5, help="timed calls are made in this many slices, scenarios taking turns (default: %(default)s)")
+    parser.add_argument("--url", help="use this broker instead of starting a private RabbitMQ node")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
+    parser.add_argument("--max-seconds", type=float, default=1800.0, help="abandon the whole run after this long (default: %(default)s)")
+    args = parser.parse_args(argv)
+    for name in ("calls", "concurrent_calls", "window", "slices"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.warmup < 0:
+        parser.error("--warmup must not be negative")
+    return args
+
+
+class Abandoned(BaseException):
+    """Raised from a signal handler so every ``finally`` still runs."""
+
+
+def _abandon(signum: int, _frame: object) -> None:
+    raise Abandoned(f"stopped by signal {signal.Signals(signum).name}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    base = Path(tempfile.mkdtemp(prefix="func-amqp-bench-"))
+    base.chmod(0o755)  # the node runs as the rabbitmq user when started by root
+    conf_dir, state_dir = base / "conf", base / "state"
+    minion_conf = base / "minion-conf"
+    for d in (conf_dir, state_dir, minion_conf):
+        d.mkdir()
+    (minion_conf / "minion.conf").write_text("[main]\n")
+    # This process must not read or write the machine's own func-amqp settings.
+    os.environ[ENV_CONFIG_DIR] = str(conf_dir)
+    os.environ[ENV_STATE_DIR] = str(state_dir)
+    os.environ.pop(ENV_BROKER_URL, None)
+
+    signal.signal(signal.SIGALRM, _abandon)
+    signal.signal(signal.SIGTERM, _abandon)
+    signal.alarm(max(1, int(args.max_seconds)))
+    broker: PrivateBroker | None = None
+    children: list[Child] = []
+    load_before = os.getloadavg()
+    try:
+        broker_pid: int | None = None
+        if args.url:
+            url = args.url
+            broker_label = "given by --url"
+        else:
+            broker = PrivateBroker(Paths(config_dir=conf_dir, state_dir=base / "broker-state"))
+            url = broker.start(timeout=BROKER_START_TIMEOUT)
+            broker_pid = broker.status().pid
+            broker_label = "private node started by the benchmark"
+        # The minion shares this process's state directory: its certificate and the CA.
+        signed = provision(Paths(config_dir=conf_dir, state_dir=state_dir), MINION_NAME)
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+            ENV_BROKER_URL: url,
+            ENV_CONFIG_DIR: str(minion_conf),
+            ENV_STATE_DIR: str(state_dir),
+        }
+        prefetch = MinionConfig().max_concurrent_calls
+        suffix = uuid.uuid4().hex[:8]
+        minion = Child(
+            "funcd",
+            [sys.executable, "-m", "func_amqp.cli.funcd", "--name", MINION_NAME, "-c", str(minion_conf)],
+            env, base / "funcd.log", "serving",
+        )
+        servers = [
+            Child(
+                f"bare server ({label})",
+                [sys.executable, str(BARE_SERVER), "--url", url, "--queue", queue, "--prefetch", str(prefetch), *extra],
+                env, base / f"{queue}.log", f"serving {queue}",
+            )
+            for label, queue, extra in (
+                ("confirms", f"bench.bare.{suffix}", []),
+                ("no confirms", f"bench.plain.{suffix}", ["--no-confirms"]),
+            )
+        ]
+        for child in (minion, *servers):
+            children.append(child)
+            child.start()
+        for child in children:
+            child.wait_ready()
+        setup = Setup(url, broker_port(url), conf_dir, minion, servers[0], servers[1], broker_pid)
+
+        info: dict[str, Any] = {}
+        results = asyncio.run(measure_all(setup, args, info))
+        load_after = os.getloadavg()
+
+        report: dict[str, Any] = {
+            "command": " ".join(["python", "bench/ping.py", *(argv if argv is not None else sys.argv[1:])]),
+            "machine": machine_info(),
+            "tree": tree_revision(),
+            "rabbitmq": info.get("rabbitmq", ""),
+            "settings": {
+                "calls": args.calls,
+                "concurrent_calls": args.concurrent_calls,
+                "window": args.window,
+                "warmup": args.warmup,
+                "slices": args.slices,
+                "prefetch": prefetch,
+                "broker": broker_label,
+                "signed_requests": signed,
+            },
+            "message_sizes": message_sizes("func.reply." + uuid.uuid4().hex),
+            "codec_request_headers": sorted(codec.encode(MethodRequest("test", "ping", [], time.time() + 1, MINION_NAME)).headers),
+            "load": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in load_after]},
+            "results": {},
+            "ratios": ratios(results),
+        }
+        for name in SCENARIOS:
+            sample = results[name]
+            in_flight = args.window if name.endswith("concurrent") else 1
+            report["results"][name] = {"in_flight": in_flight, **sample.summary()}
+        print_report(report)
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        return 0
+    except (BenchError, FuncAmqpError, Abandoned) as exc:
+        print(f"ping benchmark: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        Session.close_shared()  # before the broker goes, or its client retries noisily
+        for child in children:
+            child.stop()
+        if broker is not None:
+            broker.stop(timeout=BROKER_STOP_TIMEOUT)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
