@@ -18,14 +18,23 @@ from pathlib import Path
 
 from func_amqp.config import Paths
 from func_amqp.errors import ConfigError
-from func_amqp.security.ca import CA_CERT_NAME, CA_KEY_NAME, CRL_NAME
+from func_amqp.security.ca import CA_CERT_NAME, CA_KEY_NAME, CRL_NAME, CertificateAuthority
 from func_amqp.security.identity import TrustSource
-from func_amqp.security.keys import CA_CERT_FILE, CERT_SUFFIX, KEY_SUFFIX, load_certificate, load_private_key
+from func_amqp.security.keys import (
+    CA_CERT_FILE,
+    CERT_SUFFIX,
+    KEY_SUFFIX,
+    HostIdentity,
+    load_certificate,
+    load_private_key,
+)
 from func_amqp.security.signing import Signer
 from func_amqp.security.tls import client_context, wants_tls
 
 FETCHED_CRL = CRL_NAME
 CERTMASTER_SOURCE = "certmaster"
+CA_HOST_TLS_CN = "func-overlord"
+CA_HOST_TLS_DIR = "tls"
 
 
 @dataclass(frozen=True)
@@ -86,18 +95,31 @@ def overlord_credentials(paths: Paths, key_file: str = "", cert_file: str = "", 
     return Credentials()
 
 
+def ca_host_tls_identity(paths: Paths, cn: str = CA_HOST_TLS_CN) -> tuple[Path, Path]:
+    """Key and certificate the CA host presents to a TLS broker, issued on first need.
+
+    Its broker user is ``cn`` (``func-amqp broker grant func-overlord --role overlord``).
+    """
+    identity = HostIdentity(paths.ca_dir / CA_HOST_TLS_DIR, cn)
+    if not identity.is_complete():
+        result = CertificateAuthority(paths.ca_dir, autosign=True).submit(identity.csr_pem())
+        if not result.signed or result.certificate is None or result.ca_certificate is None:
+            raise ConfigError(f"the CA could not issue its TLS certificate {cn!r}: {result.reason}")
+        identity.store(result.certificate, result.ca_certificate)
+    return identity.key_path, identity.cert_path
+
+
 def broker_tls(url: str, creds: Credentials, paths: Paths) -> ssl.SSLContext | None:
     """The TLS context for ``url`` (None for plain ``amqp://``).
 
     The client certificate is the signing one, except for the certmaster key: a CA
-    certificate is no client certificate, so this host's own is presented instead.
+    certificate is no client certificate, so the CA host presents a leaf of its own.
     """
     if not wants_tls(url):
         return None
     key_file, cert_file, ca_file = creds.key_file, creds.cert_file, creds.ca_file
     if creds.source == CERTMASTER_SOURCE:
-        host = host_certificate(paths.pki_dir)
-        key_file, cert_file = host if host is not None else (None, None)
+        key_file, cert_file = ca_host_tls_identity(paths)
     if key_file is None or cert_file is None or ca_file is None:
         raise ConfigError(
             f"{url.split('?')[0]} needs a client certificate and none is available: enrol this "

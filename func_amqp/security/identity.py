@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,10 @@ from cryptography import x509
 
 from func_amqp.security import ca as ca_module
 from func_amqp.security.signing import TrustStore
+
+RECHECK_INTERVAL = 1.0
+"""Seconds between looks at the CA and CRL files: a revocation takes effect within it."""
+
 
 def acl_key(cert: x509.Certificate) -> str:
     """``<CN>-<hash>``: the key func's ACL files grant methods to."""
@@ -31,6 +36,7 @@ class TrustSource:
     crl_path: Path | None = None
     _stamp: tuple[float, float] | None = None
     _store: TrustStore | None = None
+    _checked_at: float = float("-inf")
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _mtimes(self) -> tuple[float, float]:
@@ -43,8 +49,13 @@ class TrustSource:
         return mtime(self.ca_path), mtime(self.crl_path)
 
     def store(self) -> TrustStore:
+        """The current store; the files are looked at most once per ``RECHECK_INTERVAL``."""
+        now = time.monotonic()
+        if self._store is not None and now - self._checked_at < RECHECK_INTERVAL:
+            return self._store
         stamp = self._mtimes()
         with self._lock:
+            self._checked_at = now
             if self._store is None or stamp != self._stamp:
                 ca_cert = x509.load_pem_x509_certificate(self.ca_path.read_bytes())
                 crl = None

@@ -71,6 +71,9 @@ from func_amqp.protocol.names import H_CERTIFICATE, H_FINGERPRINT, H_NONCE, H_SI
 SIGNED_BYTES_MAGIC = b"func-amqp-signed-v1\n"
 """Version tag opening every signed byte string; a new format gets a new tag."""
 
+VERIFIED_CACHE_SIZE = 4096
+"""Certificates remembered as checked against the CA (per trust store)."""
+
 MAX_CERTIFICATE_HEADER = 16_384
 """Characters of base64 accepted in the certificate header (about 12 KiB of DER)."""
 
@@ -382,6 +385,7 @@ class TrustStore:
             _check_crl(crl, ca_certificate)
         self._ca = ca_certificate
         self._crl = crl
+        self._verified: dict[str, tuple[x509.Certificate, str, str, PublicKey]] = {}
         self._clock = clock
         self._subject_hash = subject_hash
         self._strict_crl = strict_crl
@@ -410,13 +414,11 @@ class TrustStore:
         nonce = _security_header(env, H_NONCE, 2 * NONCE_BYTES)
         if not NONCE_RE.fullmatch(nonce):
             raise _bad(f"the {H_NONCE} header must be {2 * NONCE_BYTES} lowercase hex digits")
-        cert = _load_certificate(env)
+        cert, fingerprint, cn, key = self._certificate(env)
         signature = _b64(signature_b64, H_SIGNATURE)
-        fingerprint = fingerprint_of(cert)
         claimed = env.headers.get(H_FINGERPRINT)
         if claimed is not None and claimed != fingerprint:
             raise _bad(f"the {H_FINGERPRINT} header does not match the certificate")
-        cn, key = self._check_certificate(cert)
         try:
             data = signed_bytes(env, nonce, fingerprint)
         except ValueError as exc:
@@ -436,6 +438,35 @@ class TrustStore:
     @property
     def ca_certificate(self) -> x509.Certificate:
         return self._ca
+
+    def _certificate(self, env: Envelope) -> tuple[x509.Certificate, str, str, PublicKey]:
+        """The signer's certificate, fingerprint, CN and key, checked against this CA.
+
+        Parsing and the CA's signature on the certificate cost most of a verification
+        and do not change, so they are done once per certificate (the cache lives as
+        long as this store, which is rebuilt when the CA or CRL file changes); validity
+        and revocation are checked on every message.
+        """
+        header = env.headers.get(H_CERTIFICATE)
+        hit = self._verified.get(header) if isinstance(header, str) else None
+        if hit is None:
+            cert = _load_certificate(env)
+            cn, key = self._check_certificate(cert)
+            hit = (cert, fingerprint_of(cert), cn, key)
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                self._verified.clear()
+            self._verified[str(header)] = hit
+        else:
+            self._check_current(hit[0])
+        return hit
+
+    def _check_current(self, cert: x509.Certificate) -> None:
+        """What can change for an already checked certificate: time and revocation."""
+        now = _utc(self._clock())
+        _check_validity(self._ca, now, "the CA certificate")
+        if cert != self._ca:
+            _check_validity(cert, now, "the certificate")
+            self._check_revocation(cert)
 
     def _check_certificate(self, cert: x509.Certificate) -> tuple[str, PublicKey]:
         """Chain, validity, profile, revocation; the common name and the public key.

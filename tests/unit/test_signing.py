@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 import copy
 import hashlib
 import random
@@ -712,3 +713,14 @@ def test_identity_is_immutable(overlord: Signer, store: TrustStore) -> None:
     assert isinstance(identity, Identity)
     with pytest.raises(AttributeError):
         identity.cn = "root"  # type: ignore[misc]
+
+
+def test_a_cached_certificate_is_still_checked_for_time_and_revocation(ca: Authority) -> None:
+    """The CA-signature check is cached per certificate; expiry and the CRL are not."""
+    signer = Signer(*ca.issue("cached.example.org"))
+    now = [NOW]
+    store = TrustStore(ca.cert, None, lambda: now[0])
+    store.verify(signed(signer))
+    store.verify(signed(signer))  # from the cache
+    now[0] += 3 * 365 * DAY  # past the leaf's validity, within the CA's
+    refused(store, signed(signer), Code.UNTRUSTED_CERTIFICATE)
