@@ -46,7 +46,7 @@ class InFlightCall:
         self._dropped = 0
         self._flush_handle: asyncio.TimerHandle | None = None
         self._outbox: asyncio.Queue[ProgressIndication | LogIndication | None] = asyncio.Queue()
-        self._pump = self._loop.create_task(self._pump_outbox())
+        self._pump: asyncio.Task[None] | None = None  # started by the first indication
         self.context = CallContext(call_id, on_progress=self._progress_from_thread, on_log=self._log_from_thread)
 
     # --- from the worker thread ---------------------------------------------------------
@@ -84,7 +84,7 @@ class InFlightCall:
     def _flush(self) -> None:
         self._flush_handle = None
         if self._dropped:
-            self._outbox.put_nowait(LogIndication([f"[{self._dropped} log lines dropped: followers too slow]"]))
+            self._queue(LogIndication([f"[{self._dropped} log lines dropped: followers too slow]"]))
             self._dropped = 0
         lines, self._pending_lines = self._pending_lines, []
         for start in range(0, len(lines), LOG_BATCH):
@@ -92,10 +92,17 @@ class InFlightCall:
             if self._outbox.qsize() >= MAX_QUEUED_BATCHES:
                 self._dropped += len(batch)  # reported with the next flush
                 continue
-            self._outbox.put_nowait(LogIndication(batch))
+            self._queue(LogIndication(batch))
         if self._pending_progress is not None:
             self.last_progress, self._pending_progress = self._pending_progress, None
-            self._outbox.put_nowait(self.last_progress)
+            self._queue(self.last_progress)
+
+    def _queue(self, item: ProgressIndication | LogIndication) -> None:
+        """Hand an indication to the pump, starting it on first use: most calls (a
+        ping, say) report nothing and need no task of their own."""
+        if self._pump is None:
+            self._pump = self._loop.create_task(self._pump_outbox())
+        self._outbox.put_nowait(item)
 
     async def _pump_outbox(self) -> None:
         while True:
@@ -118,5 +125,6 @@ class InFlightCall:
             self._flush_handle.cancel()
         self._flush()
         self.finished = True
-        self._outbox.put_nowait(None)
-        await self._pump
+        if self._pump is not None:
+            self._outbox.put_nowait(None)
+            await self._pump

@@ -63,9 +63,8 @@ class FuncApiMethod:
 
     def check_arguments(self, args: Sequence[Any]) -> None:
         """Raise :class:`ArgumentError` when ``args`` cannot be passed positionally."""
-        try:
-            signature = inspect.signature(self.method)
-        except (TypeError, ValueError):
+        signature = _signature(self.method)
+        if signature is None:
             return  # no introspectable signature: let the call decide
         try:
             signature.bind(*args)
@@ -76,6 +75,20 @@ class FuncApiMethod:
 
     def __repr__(self) -> str:
         return f"FuncApiMethod({self.name!r})"
+
+
+_SIGNATURES: dict[Any, inspect.Signature | None] = {}
+
+
+def _signature(method: Any) -> inspect.Signature | None:
+    """The call signature, computed once per function (methods are bound afresh per call)."""
+    key = (getattr(method, "__func__", method), hasattr(method, "__self__"))
+    if key not in _SIGNATURES:
+        try:
+            _SIGNATURES[key] = inspect.signature(method)
+        except (TypeError, ValueError):
+            _SIGNATURES[key] = None
+    return _SIGNATURES[key]
 
 
 def describe_arity(signature: inspect.Signature) -> str:

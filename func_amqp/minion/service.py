@@ -393,9 +393,11 @@ class MinionService:
             return  # abandoned after a cancel: its late result has nobody to go to
         self._calls.pop(call.call_id, None)
         await call.close()
-        await asyncio.gather(
-            *(self._send_reply(reply_to, cid, reply, deadline) for reply_to, cid in call.followers)
-        )
+        if len(call.followers) == 1:  # the usual case: just the caller
+            reply_to, cid = call.followers[0]
+            await self._send_reply(reply_to, cid, reply, deadline)
+            return
+        await asyncio.gather(*(self._send_reply(reply_to, cid, reply, deadline) for reply_to, cid in call.followers))
 
     async def _send_indication(self, reply_to: str, correlation_id: str, item: Reply) -> None:
         await self.transport.reply(reply_to, self._encode_reply(item, correlation_id))

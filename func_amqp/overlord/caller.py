@@ -259,9 +259,8 @@ class AsyncOverlord:
         """
         targets = await self.minions()
         call_id = call_id or new_call_id()
-        results = await asyncio.gather(
-            *(self.call_minion(m, module, method, args, timeout, call_id=call_id, on_event=on_event) for m in targets)
-        )
+        calls = [self.call_minion(m, module, method, args, timeout, call_id=call_id, on_event=on_event) for m in targets]
+        results = [await calls[0]] if len(calls) == 1 else await asyncio.gather(*calls)
         return self._shape(dict(zip(targets, results)))
 
     def _shape(self, by_minion: dict[str, Any]) -> Any:

@@ -165,8 +165,10 @@ class RpcClient:
             env = self._envelope(message, cid, target)
             deadline = getattr(message, "deadline", 0) or time.time() + timeout
             try:
-                await asyncio.wait_for(self._send(target, env, deadline), timeout)
-                return await asyncio.wait_for(future, max(deadline - time.time(), 0))
+                async with asyncio.timeout(timeout):
+                    await self._send(target, env, deadline)
+                async with asyncio.timeout(max(deadline - time.time(), 0)):
+                    return await future
             except Unroutable:
                 raise MinionUnreachable(
                     f"minion {target} is not connected to the broker (is funcd running there?)"

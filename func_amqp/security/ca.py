@@ -22,6 +22,7 @@ import fcntl
 import fnmatch
 import functools
 import hashlib
+import ipaddress
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ import re
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -52,6 +53,7 @@ from func_amqp.security.keys import (
     PUBLIC_MODE,
     PkiError,
     PrivateKey,
+    PublicKey,
     cert_pem,
     check_key_strength,
     clean_command,
@@ -490,11 +492,49 @@ class CertificateAuthority:
             raise RequestRejected(f"{path} carries a revoked certificate's key; remove it with {clean_command(cn)}")
         return csr
 
-    def _issue(
-        self, csr: x509.CertificateSigningRequest, cn: str, ca_key: PrivateKey, ca_cert: x509.Certificate
+    def issue_server(
+        self,
+        cn: str,
+        public_key: PublicKey,
+        dns_names: Iterable[str] = (),
+        ip_addresses: Iterable[str] = (),
     ) -> x509.Certificate:
-        """Sign, store the certificate and drop the request. The caller holds the lock."""
-        public = csr.public_key()
+        """Certify a service this CA's hosts connect to, such as the private broker.
+
+        Clients verify a server by the name or address they dialled, so the certificate
+        lists ``dns_names`` and ``ip_addresses`` besides ``cn``. It is stored under
+        ``cn`` like a host's, so ``--list-signed`` shows it and ``--revoke`` retires it.
+        """
+        cn = host_name(cn)
+        check_key_strength(public_key)
+        dns = list(dict.fromkeys([cn, *(host_name(name) for name in dns_names)]))
+        try:
+            ips = [ipaddress.ip_address(address) for address in ip_addresses]
+        except ValueError as exc:
+            raise PkiError(f"not an IP address: {exc}") from None
+        alt_names: list[x509.GeneralName] = [x509.DNSName(name) for name in dns]
+        alt_names += [x509.IPAddress(ip) for ip in ips]
+        with self._locked():
+            ca_key, ca_cert = self._load_ca()
+            if self._revoked_key(public_key):
+                raise PkiError(f"the key belongs to a revoked certificate of {cn}; make a new key")
+            return self._issue(public_key, cn, ca_key, ca_cert, alt_names=alt_names)
+
+    def _issue(
+        self,
+        request: x509.CertificateSigningRequest | PublicKey,
+        cn: str,
+        ca_key: PrivateKey,
+        ca_cert: x509.Certificate,
+        *,
+        alt_names: Sequence[x509.GeneralName] | None = None,
+    ) -> x509.Certificate:
+        """Sign, store the certificate and drop the request. The caller holds the lock.
+
+        ``request`` is a host's request, or the bare public key of a certificate the CA
+        makes itself; ``alt_names`` replaces the default subject alternative name ``cn``.
+        """
+        public = request.public_key() if isinstance(request, x509.CertificateSigningRequest) else request
         now = _now()
         ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         cert = (
@@ -511,7 +551,7 @@ class CertificateAuthority:
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]),
                 critical=False,
             )
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(cn)]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(alt_names or [x509.DNSName(cn)]), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
             .sign(ca_key, signing_hash(ca_key))
