@@ -6,10 +6,16 @@ with its data, logs, configuration and pid file all inside ``paths.private_broke
 It listens on 127.0.0.1 only and is reached with the ``guest`` account, which RabbitMQ
 allows from loopback.
 
+In TLS mode (``start(tls=True)``) the node speaks AMQP over TLS only and demands a
+client certificate from the func-amqp CA: the certificate's common name is the login
+(EXTERNAL), so every minion and overlord is its own broker user, confined by
+:meth:`PrivateBroker.grant` to the queues and exchanges its role needs. The node's own
+certificate is issued by the same CA for ``localhost`` and 127.0.0.1.
+
 The node is started detached (it outlives the process that started it) and is found
 again through its pid file and a small ports file, so any process with the same state
-directory can query or stop it. Its AMQP port is kept across restarts, so clients can
-reconnect to the same URL.
+directory can query or stop it. Its AMQP port and its mode are kept across restarts, so
+clients can reconnect to the same URL.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import json
 import os
 import pwd
 import random
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -32,10 +40,29 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+
+from cryptography import x509
 
 from func_amqp.config import Paths
 from func_amqp.errors import BrokerError
+from func_amqp.protocol import names
+from func_amqp.security.ca import CertificateAuthority
+from func_amqp.security.keys import (
+    KEY_MODE,
+    PUBLIC_MODE,
+    PkiError,
+    cert_pem,
+    check_issued_by,
+    ensure_private_dir,
+    generate_key,
+    key_pem,
+    load_certificate,
+    load_private_key,
+    same_public_key,
+    write_atomic,
+)
 
 SERVER_PROGRAM = "rabbitmq-server"
 CTL_PROGRAM = "rabbitmqctl"
@@ -53,6 +80,9 @@ NODE_HOST = "localhost"
 NODE_HASH_LENGTH = 10
 LISTEN_HOST = "127.0.0.1"
 URL_TEMPLATE = "amqp://guest:guest@{host}:{port}/"
+TLS_URL_TEMPLATE = "amqps://{host}:{port}/?auth=external"
+MODE_PLAIN = "plain"
+MODE_TLS = "tls"
 # Both ranges sit below Linux's ephemeral ports (32768 and up), so outgoing
 # connections never hold them, and avoid RabbitMQ's defaults (5672, 15672, 25672).
 AMQP_PORT_RANGE = (21000, 24999)
@@ -72,6 +102,36 @@ LOCK_FILE = ".lock"
 MNESIA_SUBDIR = "mnesia"
 LOG_SUBDIR = "log"
 CONSOLE_LOG_FILE = "console.log"
+
+# TLS mode: the node's certificate, issued by the func-amqp CA, and the CA it trusts.
+TLS_SUBDIR = "tls"
+SERVER_KEY_FILE = "server.key"
+SERVER_CERT_FILE = "server.crt"
+TRUSTED_CA_FILE = "ca.crt"
+SERVER_CN = NODE_HOST
+SERVER_DNS_NAMES = (NODE_HOST,)
+SERVER_IP_ADDRESSES = (LISTEN_HOST,)
+SERVER_CERT_RENEWAL = timedelta(days=30)  # issue a new one when the old expires sooner
+SSL_AUTH_PLUGIN = "rabbitmq_auth_mechanism_ssl"
+PLUGIN_LIST_RE = re.compile(r"\s*\[([a-z0-9_,\s]*)\]\s*\.\s*")
+CA_INIT_COMMAND = "func-amqp ca --init"
+
+# Broker users: one per certificate common name, confined by role.
+VHOST = "/"
+GUEST_USER = "guest"
+ROLE_MINION = "minion"
+ROLE_OVERLORD = "overlord"
+ROLES = (ROLE_MINION, ROLE_OVERLORD)
+# The default exchange ("") is authorised under this name.
+DEFAULT_EXCHANGE = "amq.default"
+# Queues the broker names itself (queue.declare with an empty name).
+SERVER_NAMED_QUEUES = r"amq\.gen-.+"
+ANY = ".*"
+NOTHING = "^$"
+PASSWORD_BYTES = 32  # a throw-away password: add_user wants one, clear_password drops it
+CTL_TIMEOUT = 60.0
+ALREADY_EXISTS = ("already_exists", "already exists")
+NO_SUCH_USER = ("no_such_user", "does not exist")
 
 # epmd, Erlang's name server, shared by every node on the machine.
 EPMD_PORT_ENV = "ERL_EPMD_PORT"
@@ -105,12 +165,45 @@ class BrokerStatus:
     node: str
     pid: int | None
     directory: Path
+    tls: bool = False
+    """The mode it runs in, or last ran in when stopped."""
+
+    @property
+    def mode(self) -> str:
+        return _mode(self.tls)
 
 
 @dataclass(frozen=True)
-class _Ports:
+class UserPermissions:
+    """What ``rabbitmqctl set_permissions`` and ``set_topic_permissions`` get for a user.
+
+    Each is a regex over exchange and queue names (routing keys for the topic pair);
+    see :func:`user_permissions`.
+    """
+
+    configure: str
+    write: str
+    read: str
+    event_write: str
+    """Routing keys the user may publish to the events exchange with."""
+    event_read: str
+    """Routing keys the user may bind to the events exchange with."""
+
+
+@dataclass(frozen=True)
+class _NodeState:
+    """What the ports file remembers across restarts."""
+
     amqp: int
     dist: int
+    tls: bool = False
+    guest_locked: bool = False
+    """Whether ``guest`` was stripped of its permissions for TLS mode (see _settle_guest)."""
+
+    @property
+    def url(self) -> str:
+        template = TLS_URL_TEMPLATE if self.tls else URL_TEMPLATE
+        return template.format(host=LISTEN_HOST, port=self.amqp)
 
 
 class PrivateBroker:
@@ -139,37 +232,50 @@ class PrivateBroker:
     def status(self) -> BrokerStatus:
         """Whether the node runs and accepts connections; cheap, no rabbitmqctl."""
         pid = self._live_pid()
-        ports = self._load_ports()
-        running = pid is not None and ports is not None and _accepts(ports.amqp)
+        state = self._load_state()
+        running = pid is not None and state is not None and _accepts(state.amqp)
         return BrokerStatus(
             running=running,
-            url=_url(ports.amqp) if running and ports is not None else None,
+            url=state.url if running and state is not None else None,
             node=self.node,
             pid=pid,
             directory=self.directory,
+            tls=state is not None and state.tls,
         )
 
-    def start(self, timeout: float = 60.0) -> str:
-        """Start the node unless it runs, wait until it is up, and return its URL."""
+    def start(self, timeout: float = 60.0, *, tls: bool | None = None) -> str:
+        """Start the node unless it runs, wait until it is up, and return its URL.
+
+        ``tls`` chooses TLS-only mode with client certificates (True) or plain AMQP
+        with ``guest`` (False); None keeps the mode the node last ran in. Changing the
+        mode of a running node is refused: clients would lose their URL under them.
+        """
         deadline = time.monotonic() + timeout
         server = _find_program(SERVER_PROGRAM)
         ctl = _find_program(CTL_PROGRAM)
         with self._locked():
             current = self.status()
+            want_tls = current.tls if tls is None else tls
+            alive = current.pid is not None or self._find_node_pid() is not None
+            if alive and want_tls != current.tls:
+                raise BrokerError(
+                    f"the private broker runs in {current.mode} mode; stop it first "
+                    f"('func-amqp broker stop') to start it in {_mode(want_tls)} mode"
+                )
             if current.running and current.url is not None:
                 self._write_url(current.url)
                 return current.url
-            if current.pid is not None or self._find_node_pid() is not None:
+            if alive:
                 # Alive but not listening: booting from an interrupted start, or wedged.
                 self._await_boot(ctl, None, deadline, timeout)
+                self._settle_guest(ctl, deadline)
             else:
-                self._launch(server, ctl, deadline, timeout)
-            ports = self._load_ports()
-            if ports is None:
+                self._launch(server, ctl, deadline, timeout, want_tls)
+            state = self._load_state()
+            if state is None:
                 raise BrokerError(f"{self.directory / PORTS_FILE} vanished during start")
-            url = _url(ports.amqp)
-            self._write_url(url)
-            return url
+            self._write_url(state.url)
+            return state.url
 
     def stop(self, timeout: float = 60.0) -> bool:
         """Stop the node; return False if it was not running."""
@@ -185,14 +291,56 @@ class PrivateBroker:
             (self.directory / PID_FILE).unlink(missing_ok=True)
             return pid is not None
 
+    def grant(self, cn: str, role: str) -> None:
+        """Let the holder of the certificate named ``cn`` log in, confined to ``role``.
+
+        In TLS mode a client logs in as its certificate's common name, so this is what
+        admits a minion or an overlord; :func:`user_permissions` says what each may do.
+        Granting again replaces the role.
+        """
+        permissions = user_permissions(cn, role)
+        _refuse_guest(cn)
+        with self._locked():
+            ctl = self._running_ctl()
+            # The password goes through stdin, never the command line others can read.
+            password = secrets.token_urlsafe(PASSWORD_BYTES)
+            self._ctl_checked(ctl, ["add_user", cn], feed=password, tolerate=ALREADY_EXISTS)
+            self._ctl_checked(ctl, ["clear_password", cn])
+            self._ctl_checked(
+                ctl,
+                ["set_permissions", "-p", VHOST, cn,
+                 permissions.configure, permissions.write, permissions.read],
+            )
+            self._ctl_checked(
+                ctl,
+                ["set_topic_permissions", "-p", VHOST, cn, names.EVENTS_EXCHANGE,
+                 permissions.event_write, permissions.event_read],
+            )
+
+    def revoke_user(self, cn: str) -> bool:
+        """Remove ``cn``'s broker user; False if it had none.
+
+        RabbitMQ closes the user's open connections with it. The certificate stays
+        valid for signing until the CA revokes it; this only shuts ``cn`` out of the
+        broker.
+        """
+        if not names.valid_minion_name(cn):
+            raise BrokerError(f"not a valid certificate name: {cn!r}")
+        _refuse_guest(cn)
+        with self._locked():
+            ctl = self._running_ctl()
+            return self._ctl_checked(ctl, ["delete_user", cn], tolerate=NO_SUCH_USER)
+
     # --- starting ---------------------------------------------------------------------
 
-    def _launch(self, server: str, ctl: str, deadline: float, timeout: float) -> None:
+    def _launch(self, server: str, ctl: str, deadline: float, timeout: float, tls: bool) -> None:
         self._await_name_released(deadline)
         self._prepare_directory()
-        ports = self._choose_ports()
-        self._save_ports(ports)
-        self._write_config(ports)
+        if tls:
+            self._ensure_server_certificate()
+        state = self._choose_ports(tls)
+        self._save_state(state)
+        self._write_config(state)
         self.paths.private_broker_url_file.unlink(missing_ok=True)
         (self.directory / PID_FILE).unlink(missing_ok=True)
         console = self.directory / CONSOLE_LOG_FILE
@@ -202,7 +350,7 @@ class PrivateBroker:
         with console.open("ab") as out:
             proc = subprocess.Popen(
                 [server],
-                env=self._server_env(ports),
+                env=self._server_env(state),
                 cwd=self.directory,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -212,6 +360,7 @@ class PrivateBroker:
         _launched[self.directory] = proc
         try:
             self._await_boot(ctl, proc, deadline, timeout)
+            self._settle_guest(ctl, deadline)
         except BaseException:
             self._kill_half_started()
             raise
@@ -233,8 +382,9 @@ class PrivateBroker:
             if remaining <= 0:
                 raise self._boot_error(f"did not start within {timeout:g} s")
             if self._ctl(ctl, ["await_startup"], remaining) == 0:
-                ports = self._load_ports()
-                if ports is not None and _accepts(ports.amqp):
+                state = self._load_state()
+                # A bare TCP connect: enough to know the listener is up, in either mode.
+                if state is not None and _accepts(state.amqp):
                     return
             time.sleep(POLL_INTERVAL)
 
@@ -274,26 +424,120 @@ class PrivateBroker:
         for sub in (MNESIA_SUBDIR, LOG_SUBDIR):
             (self.directory / sub).mkdir(parents=True, exist_ok=True)
 
-    def _write_config(self, ports: _Ports) -> None:
-        conf = (
-            f"listeners.tcp.default = {LISTEN_HOST}:{ports.amqp}\n"
-            "loopback_users.guest = true\n"
-        )
+    def _write_config(self, state: _NodeState) -> None:
+        if state.tls:
+            tls = self.directory.absolute() / TLS_SUBDIR
+            conf = (
+                "listeners.tcp = none\n"
+                f"listeners.ssl.default = {LISTEN_HOST}:{state.amqp}\n"
+                f"ssl_options.cacertfile = {tls / TRUSTED_CA_FILE}\n"
+                f"ssl_options.certfile = {tls / SERVER_CERT_FILE}\n"
+                f"ssl_options.keyfile = {tls / SERVER_KEY_FILE}\n"
+                "ssl_options.verify = verify_peer\n"
+                "ssl_options.fail_if_no_peer_cert = true\n"
+                "auth_mechanisms.1 = EXTERNAL\n"
+                "ssl_cert_login_from = common_name\n"
+                "loopback_users.guest = true\n"
+            )
+        else:
+            conf = (
+                f"listeners.tcp.default = {LISTEN_HOST}:{state.amqp}\n"
+                "loopback_users.guest = true\n"
+            )
         _write_atomic(self.directory / f"{CONFIG_BASENAME}.conf", conf)
         plugins = self.directory / ENABLED_PLUGINS_FILE
         if not plugins.exists():
             # An explicit empty list, so the system's enabled_plugins is not used.
             _write_atomic(plugins, "[].\n")
+        if state.tls:
+            self._enable_plugin(SSL_AUTH_PLUGIN)
 
-    def _server_env(self, ports: _Ports) -> dict[str, str]:
+    def _enable_plugin(self, plugin: str) -> None:
+        """Add ``plugin`` to the enabled_plugins list, keeping the others there.
+
+        A file this cannot read is left alone: the node then reports it at boot.
+        """
+        path = self.directory / ENABLED_PLUGINS_FILE
+        match = PLUGIN_LIST_RE.fullmatch(path.read_text(encoding="utf-8"))
+        if match is None:
+            return
+        plugins = [p.strip() for p in match.group(1).split(",") if p.strip()]
+        if plugin not in plugins:
+            _write_atomic(path, f"[{','.join([*plugins, plugin])}].\n")
+
+    def _ensure_server_certificate(self) -> None:
+        """The node's key and certificate from the func-amqp CA, issued once and reused."""
+        ca = CertificateAuthority(self.paths.ca_dir)
+        if not ca.exists():
+            raise BrokerError(
+                f"TLS mode needs the certificate authority in {ca.directory}, which does "
+                f"not exist; create it with '{CA_INIT_COMMAND}'"
+            )
+        tls = self.directory / TLS_SUBDIR
+        try:
+            ca_cert = ca.ca_certificate()
+            if self._server_certificate_usable(ca, ca_cert):
+                return
+            ensure_private_dir(tls)
+            key = generate_key()
+            cert = ca.issue_server(SERVER_CN, key.public_key(), SERVER_DNS_NAMES, SERVER_IP_ADDRESSES)
+            write_atomic(tls / SERVER_KEY_FILE, key_pem(key), KEY_MODE)
+            write_atomic(tls / SERVER_CERT_FILE, cert_pem(cert), PUBLIC_MODE)
+            write_atomic(tls / TRUSTED_CA_FILE, cert_pem(ca_cert), PUBLIC_MODE)
+        except PkiError as exc:
+            raise BrokerError(f"cannot certify the private broker: {exc}") from None
+
+    def _server_certificate_usable(self, ca: CertificateAuthority, ca_cert: x509.Certificate) -> bool:
+        """Whether the stored key and certificate fit, come from this CA and stay valid."""
+        tls = self.directory / TLS_SUBDIR
+        try:
+            key = load_private_key(tls / SERVER_KEY_FILE)
+            cert = load_certificate(tls / SERVER_CERT_FILE)
+            trusted = load_certificate(tls / TRUSTED_CA_FILE)
+            check_issued_by(cert, ca_cert)
+            alt_names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except (OSError, PkiError, x509.ExtensionNotFound):
+            return False
+        names_wanted = {*SERVER_DNS_NAMES, *SERVER_IP_ADDRESSES}
+        names_held = {*alt_names.get_values_for_type(x509.DNSName)}
+        names_held |= {str(ip) for ip in alt_names.get_values_for_type(x509.IPAddress)}
+        return (
+            trusted == ca_cert
+            and same_public_key(cert.public_key(), key)
+            and names_wanted <= names_held
+            and cert.not_valid_after_utc - datetime.now(timezone.utc) > SERVER_CERT_RENEWAL
+            and not ca.is_revoked(cert)
+        )
+
+    def _settle_guest(self, ctl: str, deadline: float) -> None:
+        """Strip ``guest`` of its permissions in TLS mode, and give them back after.
+
+        In TLS mode the login is the certificate's common name, and ``guest`` is a host
+        name the CA would certify: such a certificate must not log in as the node's
+        all-powerful default user.
+        """
+        state = self._load_state()
+        if state is None or state.tls == state.guest_locked:
+            return
+        remaining = max(deadline - time.monotonic(), CTL_GRACE)
+        if state.tls:
+            # No permissions at all, not "^$": any entry would still admit it to the vhost.
+            args = ["clear_permissions", "-p", VHOST, GUEST_USER]
+        else:
+            args = ["set_permissions", "-p", VHOST, GUEST_USER, ANY, ANY, ANY]
+        self._ctl_checked(ctl, args, tolerate=NO_SUCH_USER, timeout=remaining)
+        self._save_state(dataclasses.replace(state, guest_locked=state.tls))
+
+    def _server_env(self, state: _NodeState) -> dict[str, str]:
         """The environment that describes this node, and only this node."""
         d = self.directory
         env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")}
+        if not state.tls:
+            # These would add a plain listener next to the TLS one.
+            env.update(RABBITMQ_NODE_IP_ADDRESS=LISTEN_HOST, RABBITMQ_NODE_PORT=str(state.amqp))
         env.update(
             RABBITMQ_NODENAME=self.node,
-            RABBITMQ_NODE_IP_ADDRESS=LISTEN_HOST,
-            RABBITMQ_NODE_PORT=str(ports.amqp),
-            RABBITMQ_DIST_PORT=str(ports.dist),
+            RABBITMQ_DIST_PORT=str(state.dist),
             RABBITMQ_MNESIA_BASE=str(d / MNESIA_SUBDIR),
             RABBITMQ_LOG_BASE=str(d / LOG_SUBDIR),
             RABBITMQ_CONFIG_FILE=str(d / CONFIG_BASENAME),
@@ -326,28 +570,34 @@ class PrivateBroker:
     def _write_url(self, url: str) -> None:
         _write_atomic(self.paths.private_broker_url_file, url + "\n")
 
-    # --- ports ------------------------------------------------------------------------
+    # --- ports and mode ---------------------------------------------------------------
 
-    def _choose_ports(self) -> _Ports:
+    def _choose_ports(self, tls: bool) -> _NodeState:
         """The previous ports when still free (clients keep their URL), else new ones."""
-        old = self._load_ports()
+        old = self._load_state()
         amqp = old.amqp if old is not None and _port_free(old.amqp) else None
         dist = old.dist if old is not None and _port_free(old.dist) else None
         if amqp is None:
             amqp = _pick_port(AMQP_PORT_RANGE, exclude=dist)
         if dist is None or dist == amqp:
             dist = _pick_port(DIST_PORT_RANGE, exclude=amqp)
-        return _Ports(amqp=amqp, dist=dist)
+        guest_locked = old is not None and old.guest_locked
+        return _NodeState(amqp=amqp, dist=dist, tls=tls, guest_locked=guest_locked)
 
-    def _load_ports(self) -> _Ports | None:
+    def _load_state(self) -> _NodeState | None:
         try:
             data = json.loads((self.directory / PORTS_FILE).read_text(encoding="utf-8"))
-            return _Ports(amqp=int(data["amqp"]), dist=int(data["dist"]))
-        except (OSError, ValueError, KeyError, TypeError):
+            return _NodeState(
+                amqp=int(data["amqp"]),
+                dist=int(data["dist"]),
+                tls=data.get("tls") is True,
+                guest_locked=data.get("guest_locked") is True,
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
-    def _save_ports(self, ports: _Ports) -> None:
-        _write_atomic(self.directory / PORTS_FILE, json.dumps(dataclasses.asdict(ports)))
+    def _save_state(self, state: _NodeState) -> None:
+        _write_atomic(self.directory / PORTS_FILE, json.dumps(dataclasses.asdict(state)))
 
     # --- processes --------------------------------------------------------------------
 
@@ -438,21 +688,61 @@ class PrivateBroker:
 
     def _ctl(self, ctl: str, args: list[str], timeout: float) -> int:
         """Run ``rabbitmqctl`` against this node, bounded by ``timeout`` seconds."""
+        return self._ctl_run(ctl, args, timeout)[0]
+
+    def _ctl_run(
+        self, ctl: str, args: list[str], timeout: float, feed: str | None = None
+    ) -> tuple[int, str]:
+        """``rabbitmqctl``'s exit status (-1: timed out) and what it printed."""
         seconds = max(1, int(timeout))
         env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")}
         try:
             done = subprocess.run(
                 [ctl, "-n", self.node, "-q", "-t", str(seconds), *args],
                 env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL if feed is None else None,
+                input=None if feed is None else feed.encode(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
                 timeout=seconds + CTL_GRACE,
                 check=False,
             )
         except subprocess.TimeoutExpired:
-            return -1
-        return done.returncode
+            return -1, f"no answer within {seconds + CTL_GRACE:g} s"
+        return done.returncode, done.stdout.decode("utf-8", errors="replace").strip()
+
+    def _ctl_checked(
+        self,
+        ctl: str,
+        args: list[str],
+        *,
+        feed: str | None = None,
+        tolerate: tuple[str, ...] = (),
+        timeout: float = CTL_TIMEOUT,
+    ) -> bool:
+        """Run ``rabbitmqctl``; False when it failed in a way ``tolerate`` names.
+
+        Any other failure is a BrokerError quoting the tool's own message.
+        """
+        status, output = self._ctl_run(ctl, args, timeout, feed)
+        if status == 0:
+            return True
+        if status > 0 and any(marker in output for marker in tolerate):
+            return False
+        command = " ".join(args[:2])
+        raise BrokerError(
+            f"'{CTL_PROGRAM} {command}' failed on the private broker {self.node}: "
+            f"{output or f'exit status {status}'}"
+        )
+
+    def _running_ctl(self) -> str:
+        """``rabbitmqctl``, once it is known the node runs (it answers nothing else)."""
+        ctl = _find_program(CTL_PROGRAM)
+        if not self.status().running:
+            raise BrokerError(
+                "the private broker is not running; start it with 'func-amqp broker start --tls'"
+            )
+        return ctl
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -495,8 +785,61 @@ def _find_program(name: str) -> str:
     return found
 
 
-def _url(port: int) -> str:
-    return URL_TEMPLATE.format(host=LISTEN_HOST, port=port)
+def _mode(tls: bool) -> str:
+    return MODE_TLS if tls else MODE_PLAIN
+
+
+def _refuse_guest(cn: str) -> None:
+    if cn == GUEST_USER:
+        raise BrokerError(
+            f"'{GUEST_USER}' is RabbitMQ's default account, which the private broker "
+            "keeps for plain mode; give the host another name"
+        )
+
+
+def _one_of(*patterns: str) -> str:
+    """A regex matching exactly one of ``patterns``, as RabbitMQ matches whole names."""
+    return f"^(?:{'|'.join(patterns)})$"
+
+
+def user_permissions(cn: str, role: str) -> UserPermissions:
+    """What the broker user of certificate ``cn`` may touch, from what its role declares.
+
+    RabbitMQ checks *configure* on queue.declare and exchange.declare, *write* on
+    basic.publish (to the exchange; "" is amq.default), on queue.bind (to the queue)
+    and on a queue's dead-letter exchange, *read* on basic.consume (the queue), on
+    queue.bind (the exchange) and on declaring a queue with a dead-letter exchange.
+    A minion touches its two exclusive queues, the dead-letter pair, reply queues and
+    the shared exchanges; it replies through the default exchange and sends
+    heartbeats under its own routing key only. An overlord declares its own reply
+    queues and server-named event queues, sends to minions and reads events.
+    """
+    if not names.valid_minion_name(cn):
+        raise BrokerError(f"not a valid certificate name: {cn!r}")
+    esc = re.escape
+    replies = esc(names.REPLY_QUEUE_PREFIX) + ".+"
+    minions, broadcast, events = (
+        esc(names.MINIONS_EXCHANGE), esc(names.BROADCAST_EXCHANGE), esc(names.EVENTS_EXCHANGE)
+    )
+    if role == ROLE_MINION:
+        own = (esc(names.minion_queue(cn)), esc(names.minion_presence_queue(cn)))
+        dead_letter = (esc(names.DEAD_LETTER_EXCHANGE), esc(names.DEAD_LETTER_QUEUE))
+        return UserPermissions(
+            configure=_one_of(*own, replies, minions, broadcast, events, *dead_letter),
+            write=_one_of(*own, replies, events, *dead_letter, esc(DEFAULT_EXCHANGE)),
+            read=_one_of(*own, replies, minions, broadcast, esc(names.DEAD_LETTER_EXCHANGE)),
+            event_write=_one_of(esc(names.heartbeat_key(cn))),
+            event_read=NOTHING,
+        )
+    if role == ROLE_OVERLORD:
+        return UserPermissions(
+            configure=_one_of(replies, SERVER_NAMED_QUEUES, minions, broadcast, events),
+            write=_one_of(replies, SERVER_NAMED_QUEUES, minions, broadcast),
+            read=_one_of(replies, SERVER_NAMED_QUEUES, events),
+            event_write=NOTHING,
+            event_read=ANY,
+        )
+    raise BrokerError(f"unknown broker role {role!r}; use one of {', '.join(ROLES)}")
 
 
 def _accepts(port: int) -> bool:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from func_amqp import __version__
-from func_amqp.broker.node import PrivateBroker
+from func_amqp.broker.node import ROLES, PrivateBroker
 from func_amqp.cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -67,6 +67,13 @@ class BrokerCommands(CommandGroup):
     def add_actions(self, actions: Subcommands) -> None:
         start = actions.add_parser("start", help="start the node and print its URL")
         _add_timeout(start, "how long to wait for the node to boot")
+        start.add_argument(
+            "--tls",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="TLS only, each client logging in with its certificate from the func-amqp CA "
+            "(--no-tls: plain AMQP with guest; default: the mode it last ran in)",
+        )
         start.set_defaults(handler=self.start)
         stop = actions.add_parser("stop", help="stop the node")
         _add_timeout(stop, "how long to wait for a clean shutdown")
@@ -77,9 +84,31 @@ class BrokerCommands(CommandGroup):
         status.set_defaults(handler=self.status)
         url = actions.add_parser("url", help="print the URL of the running node")
         url.set_defaults(handler=self.url)
+        grant = actions.add_parser(
+            "grant", help="let the certificate named CN log in to the running node, confined to a role"
+        )
+        grant.add_argument("cn", metavar="CN", help="the certificate's common name (the host name)")
+        grant.add_argument("--role", required=True, choices=ROLES, help="what the user may touch")
+        grant.set_defaults(handler=self.grant)
+        revoke = actions.add_parser(
+            "revoke-user", help="remove CN's broker user, closing its connections"
+        )
+        revoke.add_argument("cn", metavar="CN", help="the certificate's common name (the host name)")
+        revoke.set_defaults(handler=self.revoke_user)
 
     def start(self, args: argparse.Namespace, paths: Paths) -> int:
-        print(PrivateBroker(paths).start(timeout=args.timeout))
+        print(PrivateBroker(paths).start(timeout=args.timeout, tls=args.tls))
+        return EXIT_OK
+
+    def grant(self, args: argparse.Namespace, paths: Paths) -> int:
+        PrivateBroker(paths).grant(args.cn, args.role)
+        print(f"granted {args.cn} the {args.role} role")
+        return EXIT_OK
+
+    def revoke_user(self, args: argparse.Namespace, paths: Paths) -> int:
+        if not PrivateBroker(paths).revoke_user(args.cn):
+            return _error(f"the private broker has no user {args.cn}")
+        print(f"revoked {args.cn}")
         return EXIT_OK
 
     def stop(self, args: argparse.Namespace, paths: Paths) -> int:
@@ -91,6 +120,7 @@ class BrokerCommands(CommandGroup):
         st = PrivateBroker(paths).status()
         print("running" if st.running else "stopped")
         print(f"url:  {st.url or '-'}")
+        print(f"mode: {st.mode}")
         print(f"node: {st.node}")
         print(f"pid:  {st.pid if st.pid is not None else '-'}")
         print(f"dir:  {st.directory}")

@@ -26,7 +26,6 @@ from func_amqp.overlord.rpc import RpcClient
 from func_amqp.protocol.names import valid_minion_name
 from func_amqp.security.credentials import Credentials, broker_tls, crl_path, from_files
 from func_amqp.security.tls import wants_tls
-from func_amqp.security.identity import acl_key
 from func_amqp.security.keys import HostIdentity
 from func_amqp.transport import Transport, transport_for_url
 
@@ -132,12 +131,11 @@ class Minion:
         creds = self.credentials()
         assert creds.signer is not None and creds.trust is not None
         acl_dir = Path(self.config.acl_dir) if self.config.acl_dir else self.paths.acl_dir
-        acl = Acl(
-            acl_dir,
-            ca_key=acl_key(creds.trust.ca_certificate),
-            certmaster_overrides_acls=self.config.certmaster_overrides_acls,
+        # the CA's override is the gate's (by certificate), not a grant by name in the ACLs
+        acl = Acl(acl_dir, ca_key=None, certmaster_overrides_acls=False)
+        return MinionSecurity(
+            self.name, creds.trust, creds.signer, acl, certmaster_overrides_acls=self.config.certmaster_overrides_acls
         )
-        return MinionSecurity(self.name, creds.trust, creds.signer, acl)
 
     def audit_log(self) -> AuditLog:
         configured = self.config.audit_log
@@ -153,13 +151,14 @@ class Minion:
         await rpc.start()
         if self.needs_enrollment():
             await enroll(rpc, self.identity(), self.config.certmaster, self.config.certmaster_poll_interval)
+        gate = self.gate()
         crl = crl_path(self.paths, self.config.crl_location)
-        if crl.parent == self.paths.pki_dir:  # not the CA's own file, not a configured one
+        if crl.parent == self.paths.pki_dir and isinstance(gate, MinionSecurity):  # fetched, not the CA's own file
             task = asyncio.get_running_loop().create_task(
-                keep_crl_current(rpc, self.config.certmaster, crl, self.config.crl_refresh_interval)
+                keep_crl_current(rpc, self.config.certmaster, gate.trust, crl, self.config.crl_refresh_interval)
             )
             background.add(task)
-        return self.gate()
+        return gate
 
     # --- serving ----------------------------------------------------------------------
 

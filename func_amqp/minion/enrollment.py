@@ -12,9 +12,12 @@ import asyncio
 import logging
 from pathlib import Path
 
+from cryptography import x509
+
 from func_amqp.errors import MinionUnreachable, RemoteCallError
 from func_amqp.minion.certmaster import CERTMASTER_MODULE
 from func_amqp.overlord.rpc import RpcClient
+from func_amqp.security.identity import TrustSource
 from func_amqp.security.keys import CA_COMMAND, HostIdentity, write_atomic
 
 _log = logging.getLogger(__name__)
@@ -41,14 +44,40 @@ async def enroll(rpc: RpcClient, identity: HostIdentity, certmaster: str, poll_i
         await asyncio.sleep(poll_interval)
 
 
-async def keep_crl_current(rpc: RpcClient, certmaster: str, path: Path, interval: float) -> None:
+def acceptable_crl(pem: bytes, ca_cert: x509.Certificate, current: x509.CertificateRevocationList | None) -> x509.CertificateRevocationList:
+    """The fetched CRL, if it is the CA's and not older than the one we have.
+
+    Whoever answers as the certmaster could send anything: an older, validly signed
+    CRL would undo newer revocations, so CRL numbers may only grow.
+    """
+    crl = x509.load_pem_x509_crl(pem)
+    if not crl.is_signature_valid(ca_cert.public_key()):  # type: ignore[arg-type]
+        raise ValueError("it is not signed by this minion's CA")
+    if current is not None and _crl_number(crl) < _crl_number(current):
+        raise ValueError(f"it is older (number {_crl_number(crl)}) than the one in use ({_crl_number(current)})")
+    return crl
+
+
+def _crl_number(crl: x509.CertificateRevocationList) -> int:
+    try:
+        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        return -1
+
+
+async def keep_crl_current(rpc: RpcClient, certmaster: str, trust: TrustSource, path: Path, interval: float) -> None:
     """Fetch the CRL now and every ``interval`` seconds; the trust store follows the file."""
     while True:
         try:
-            pem = str(await rpc.call(certmaster, CERTMASTER_MODULE, "get_crl", [], interval)).encode("ascii")
+            answer = await rpc.call(certmaster, CERTMASTER_MODULE, "get_crl", [], interval)
+            pem = str(answer).encode("utf-8")
+            store = trust.store()
+            acceptable_crl(pem, store.ca_certificate, store.crl)
             if not path.exists() or path.read_bytes() != pem:
                 write_atomic(path, pem)
                 _log.info("revocation list updated from %s", certmaster)
         except RemoteCallError as exc:
             _log.debug("revocation list not refreshed: %s", exc)
+        except ValueError as exc:
+            _log.error("refused a revocation list from %s: %s", certmaster, exc)
         await asyncio.sleep(interval)

@@ -24,6 +24,8 @@ class Caller:
 
     key: str
     cn: str
+    is_ca: bool = False
+    """Signed with the CA's own key (not merely a certificate named like the CA)."""
 
 
 UNAUTHENTICATED = Caller("-", "")
@@ -39,22 +41,40 @@ BROADCAST_OPCODES = frozenset({Opcode.AGENT_LOCATE_REQUEST})
 class MinionSecurity:
     """Signature checks, replay guard, ACLs and reply signing for one minion."""
 
-    def __init__(self, name: str, trust: TrustSource, signer: Signer, acl: Acl, replay: ReplayGuard | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        trust: TrustSource,
+        signer: Signer,
+        acl: Acl,
+        replay: ReplayGuard | None = None,
+        *,
+        certmaster_overrides_acls: bool = True,
+    ) -> None:
         self.name = name
         self.trust = trust
         self.signer = signer
         self.acl = acl
         self.replay = replay or ReplayGuard()
+        self.certmaster_overrides_acls = certmaster_overrides_acls
 
     def authenticate(self, env: Envelope, opcode: Opcode) -> Caller:
         """The request's signer; raises SecurityError with the code to answer with."""
         expected_target = None if opcode in BROADCAST_OPCODES else self.name
-        identity = self.trust.store().verify(env, expected_target=expected_target)
+        store = self.trust.store()
+        identity = store.verify(env, expected_target=expected_target)
         self.replay.check_envelope(env, identity)
-        return Caller(acl_key(identity.certificate), identity.cn)
+        is_ca = identity.certificate == store.ca_certificate
+        return Caller(acl_key(identity.certificate), identity.cn, is_ca)
 
     def authorize(self, caller: Caller, method: str) -> None:
-        """Raise AccessToMethodDenied unless the ACLs grant ``method`` to ``caller``."""
+        """Raise AccessToMethodDenied unless the ACLs grant ``method`` to ``caller``.
+
+        ``certmaster_overrides_acls`` lets the CA's own key call everything; it is
+        decided by the certificate itself, never by a name, which any host could bear.
+        """
+        if caller.is_ca and self.certmaster_overrides_acls:
+            return
         self.acl.check(caller.key, method)
 
     def sign(self, env: Envelope) -> None:

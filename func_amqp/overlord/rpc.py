@@ -87,9 +87,11 @@ class RpcClient:
     async def _on_reply(self, delivery: Delivery) -> None:
         env = delivery.envelope
         cid = env.correlation_id or ""
+        if cid in self._targets and not self._authentic(env, cid, None):
+            return  # a pending call's reply must be genuine before it is even decoded
         try:
             reply = codec.decode(env, self._max_bytes)
-            if not self._authentic(env, cid, reply):
+            if cid not in self._targets and not self._authentic(env, cid, reply):
                 return
         except ProtocolError as exc:
             if env.headers.get(names.H_OPCODE) == Opcode.DATA_INDICATION.value:
@@ -116,7 +118,7 @@ class RpcClient:
             return
         _log.debug("reply for unknown or finished request %r ignored", cid)
 
-    def _authentic(self, env: Envelope, cid: str, reply: Reply) -> bool:
+    def _authentic(self, env: Envelope, cid: str, reply: Reply | None) -> bool:
         """Whether the reply is signed by the minion it claims to come from."""
         if self._trust is None:
             return True

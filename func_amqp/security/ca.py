@@ -408,6 +408,8 @@ class CertificateAuthority:
         csr, cn = parse_request(csr_pem)
         with self._locked():
             ca_key, ca_cert = self._load_ca()
+            if cn == common_name(ca_cert.subject).lower():
+                raise RequestRejected(f"{cn!r} is the certificate authority's own name; no host may bear it")
             return self._submit_locked(csr, cn, ca_key, ca_cert)
 
     def _submit_locked(

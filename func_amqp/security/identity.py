@@ -7,6 +7,7 @@ The hash is OpenSSL's ``x509 -hash`` of the subject (what ``func-amqp ca
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -17,6 +18,8 @@ from cryptography import x509
 
 from func_amqp.security import ca as ca_module
 from func_amqp.security.signing import TrustStore
+
+_log = logging.getLogger(__name__)
 
 RECHECK_INTERVAL = 1.0
 """Seconds between looks at the CA and CRL files: a revocation takes effect within it."""
@@ -58,12 +61,24 @@ class TrustSource:
             self._checked_at = now
             if self._store is None or stamp != self._stamp:
                 ca_cert = x509.load_pem_x509_certificate(self.ca_path.read_bytes())
-                crl = None
-                if self.crl_path is not None and self.crl_path.exists():
-                    crl = x509.load_pem_x509_crl(self.crl_path.read_bytes())
-                self._store = TrustStore(ca_cert, crl, subject_hash=ca_module.subject_hash)
+                try:
+                    self._store = TrustStore(ca_cert, self._crl(ca_cert), subject_hash=ca_module.subject_hash)
+                except ValueError as exc:  # a CRL not from this CA
+                    _log.error("ignoring the revocation list %s: %s", self.crl_path, exc)
+                    if self._store is None:
+                        self._store = TrustStore(ca_cert, None, subject_hash=ca_module.subject_hash)
                 self._stamp = stamp
             return self._store
+
+    def _crl(self, ca_cert: x509.Certificate) -> x509.CertificateRevocationList | None:
+        """The CRL file, if any; a damaged one is reported and the previous one kept."""
+        if self.crl_path is None or not self.crl_path.exists():
+            return None
+        try:
+            return x509.load_pem_x509_crl(self.crl_path.read_bytes())
+        except ValueError as exc:
+            _log.error("cannot read the revocation list %s: %s", self.crl_path, exc)
+            return self._store.crl if self._store is not None else None
 
     @property
     def ca_certificate(self) -> x509.Certificate:

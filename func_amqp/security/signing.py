@@ -439,6 +439,10 @@ class TrustStore:
     def ca_certificate(self) -> x509.Certificate:
         return self._ca
 
+    @property
+    def crl(self) -> x509.CertificateRevocationList | None:
+        return self._crl
+
     def _certificate(self, env: Envelope) -> tuple[x509.Certificate, str, str, PublicKey]:
         """The signer's certificate, fingerprint, CN and key, checked against this CA.
 

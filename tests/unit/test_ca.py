@@ -615,3 +615,16 @@ def test_cli_autosign_from_certmaster_conf(capsys: pytest.CaptureFixture[str]) -
 
 def test_cli_verbs_are_exclusive(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ca", "--init", "--list"]) == 2
+
+
+def test_no_host_may_bear_the_ca_name(tmp_path: Path) -> None:
+    """A certificate named like the CA would share its ACL key ('<CN>-<hash>')."""
+    from func_amqp.security.ca import RequestRejected
+    from func_amqp.security.keys import HostIdentity
+
+    authority = CertificateAuthority(tmp_path / "ca", autosign=True)
+    cert = authority.init(cn="box-CA-KEY")
+    assert cert is not None
+    impostor = HostIdentity(tmp_path / "pki", "box-ca-key")
+    with pytest.raises(RequestRejected, match="authority's own name"):
+        authority.submit(impostor.csr_pem())
