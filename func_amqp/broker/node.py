@@ -124,8 +124,10 @@ ROLE_OVERLORD = "overlord"
 ROLES = (ROLE_MINION, ROLE_OVERLORD)
 # The default exchange ("") is authorised under this name.
 DEFAULT_EXCHANGE = "amq.default"
-# Queues the broker names itself (queue.declare with an empty name).
+# Queues declared without a name: the broker names them amq.gen-..., but aio-pika's
+# robust channel names them amq_<uuid hex> itself, to declare them again on reconnect.
 SERVER_NAMED_QUEUES = r"amq\.gen-.+"
+CLIENT_NAMED_QUEUES = r"amq_[0-9a-f]{32}"
 ANY = ".*"
 NOTHING = "^$"
 PASSWORD_BYTES = 32  # a throw-away password: add_user wants one, clear_password drops it
@@ -812,7 +814,7 @@ def user_permissions(cn: str, role: str) -> UserPermissions:
     A minion touches its two exclusive queues, the dead-letter pair, reply queues and
     the shared exchanges; it replies through the default exchange and sends
     heartbeats under its own routing key only. An overlord declares its own reply
-    queues and server-named event queues, sends to minions and reads events.
+    queues and unnamed event queues, sends to minions and reads events.
     """
     if not names.valid_minion_name(cn):
         raise BrokerError(f"not a valid certificate name: {cn!r}")
@@ -832,10 +834,11 @@ def user_permissions(cn: str, role: str) -> UserPermissions:
             event_read=NOTHING,
         )
     if role == ROLE_OVERLORD:
+        unnamed = (SERVER_NAMED_QUEUES, CLIENT_NAMED_QUEUES)
         return UserPermissions(
-            configure=_one_of(replies, SERVER_NAMED_QUEUES, minions, broadcast, events),
-            write=_one_of(replies, SERVER_NAMED_QUEUES, minions, broadcast),
-            read=_one_of(replies, SERVER_NAMED_QUEUES, events),
+            configure=_one_of(replies, *unnamed, minions, broadcast, events),
+            write=_one_of(replies, *unnamed, minions, broadcast),
+            read=_one_of(replies, *unnamed, events),
             event_write=NOTHING,
             event_read=ANY,
         )

@@ -9,6 +9,7 @@ import signal
 import socket
 import ssl
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Awaitable, Callable, TypeVar
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from func_amqp.overlord.rpc import RpcClient
 from func_amqp.protocol.names import valid_minion_name
 from func_amqp.security.credentials import Credentials, broker_tls, crl_path, from_files
 from func_amqp.security.tls import wants_tls
-from func_amqp.security.keys import HostIdentity
+from func_amqp.security.keys import HostIdentity, clean_command
 from func_amqp.transport import Transport, transport_for_url
 
 _log = logging.getLogger(__name__)
@@ -130,6 +131,13 @@ class Minion:
             return OpenAccess()
         creds = self.credentials()
         assert creds.signer is not None and creds.trust is not None
+        expires = creds.signer.certificate.not_valid_after_utc
+        if expires < datetime.now(timezone.utc):
+            _log.error(
+                "the certificate of %s expired on %s: overlords will refuse its replies. Remove "
+                "%s, run '%s' on the CA host and restart funcd to enrol again",
+                self.name, expires.date(), creds.cert_file, clean_command(self.name),
+            )
         acl_dir = Path(self.config.acl_dir) if self.config.acl_dir else self.paths.acl_dir
         # the CA's override is the gate's (by certificate), not a grant by name in the ACLs
         acl = Acl(acl_dir, ca_key=None, certmaster_overrides_acls=False)

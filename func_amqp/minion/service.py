@@ -266,19 +266,20 @@ class MinionService:
             return
         assert isinstance(request, (MethodRequest, QueryRequest, AgentLocateRequest, SubscribeRequest, CancelRequest))
         action = _action(request)
+        args = request.args if isinstance(request, MethodRequest) else None
         deadline = getattr(request, "deadline", 0.0)
         if deadline and deadline < time.time():
-            await self._refuse(delivery, Code.EXPIRED, "the request's deadline passed before it could start", caller=caller, action=action)
+            await self._refuse(delivery, Code.EXPIRED, "the request's deadline passed before it could start", caller=caller, action=action, args=args)
             return
         if self._stopping and isinstance(request, MethodRequest):
-            await self._refuse(delivery, Code.SHUTTING_DOWN, "the minion is stopping; call again later", caller=caller, action=action)
+            await self._refuse(delivery, Code.SHUTTING_DOWN, "the minion is stopping; call again later", caller=caller, action=action, args=args)
             return
         guarded = self._guarded_method(request)
         if guarded is not None:
             try:
                 self.gate.authorize(caller, guarded)
             except AccessToMethodDenied as exc:
-                await self._refuse(delivery, Code.ACCESS_DENIED, str(exc), caller=caller, action=action, outcome=audit.denied(Code.ACCESS_DENIED))
+                await self._refuse(delivery, Code.ACCESS_DENIED, str(exc), caller=caller, action=action, args=args, outcome=audit.denied(Code.ACCESS_DENIED))
                 return
         if isinstance(request, MethodRequest):
             await self._accept_call(delivery, request, caller)
@@ -319,10 +320,11 @@ class MinionService:
         *,
         caller: Caller = UNAUTHENTICATED,
         action: str = "-",
+        args: list[Any] | None = None,
         outcome: str | None = None,
     ) -> None:
         env = delivery.envelope
-        self.audit.record(caller.key, action, [], env.correlation_id or "-", outcome or audit.refused(code), text)
+        self.audit.record(caller.key, action, args or [], env.correlation_id or "-", outcome or audit.refused(code), text)
         if env.reply_to:
             _log.warning("refused a message (%s): %s", code.name, text)
             await delivery.ack()

@@ -68,6 +68,12 @@ class TrustSource:
                     if self._store is None:
                         self._store = TrustStore(ca_cert, None, subject_hash=ca_module.subject_hash)
                 self._stamp = stamp
+                if self._store.crl_is_stale():
+                    _log.warning(
+                        "the revocation list %s is past its next update: re-sign it on the CA host "
+                        "(func-amqp ca --revoke, or restart the certmaster) and let it reach this host",
+                        self.crl_path,
+                    )
             return self._store
 
     def _crl(self, ca_cert: x509.Certificate) -> x509.CertificateRevocationList | None:
