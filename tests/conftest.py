@@ -14,7 +14,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -118,15 +118,19 @@ def provision(name: str) -> None:
 
 
 class MinionFactory:
-    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+    def __init__(self, env: dict[str, str], workdir: Path, before_start: Callable[[str], None] | None = None) -> None:
+        """``before_start(name)`` runs before each funcd starts (a TLS broker's user grant)."""
         self.env = {**os.environ, **env}
         self.workdir = workdir
         self.started: list[MinionProcess] = []
+        self.before_start = before_start
 
     def start(self, name: str, *, conf: str = "", modules: dict[str, str] | None = None, wait: bool = True) -> MinionProcess:
         """Start ``funcd --name NAME`` with a certificate; ``modules`` maps a module
         class name to the ``[main]`` lines of its options file."""
         provision(name)
+        if self.before_start is not None:
+            self.before_start(name)
         confdir = self.workdir / f"conf-{name}"
         confdir.mkdir(exist_ok=True)
         audit = self.workdir / f"{name}-audit.log"

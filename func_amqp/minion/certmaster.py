@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 
 from func_amqp.config import Paths
 from func_amqp.minion.audit import AuditLog
@@ -18,7 +19,8 @@ from func_amqp.minion.security import OpenAccess
 from func_amqp.minion.server import AmqpInterface
 from func_amqp.minion.service import MinionService, ServiceSettings
 from func_amqp.security.ca import CertificateAuthority
-from func_amqp.security.credentials import broker_tls, overlord_credentials
+from func_amqp.security.credentials import ca_host_tls_identity
+from func_amqp.security.tls import client_context, wants_tls
 from func_amqp.transport import transport_for_url
 
 _log = logging.getLogger(__name__)
@@ -57,13 +59,21 @@ def certmaster_interface(authority: CertificateAuthority) -> AmqpInterface:
     return AmqpInterface({CERTMASTER_MODULE: module})
 
 
+def _tls(paths: Paths, authority: CertificateAuthority, name: str, url: str) -> ssl.SSLContext | None:
+    """On a TLS broker the agent logs in as ``name`` (a minion-role broker user)."""
+    if not wants_tls(url):
+        return None
+    key_file, cert_file = ca_host_tls_identity(paths, name)
+    return client_context(authority.cert_path, cert_file, key_file)
+
+
 async def serve_certmaster(paths: Paths, name: str, broker_url: str, stop: asyncio.Event) -> None:
     """Serve certificate requests for the CA in ``paths`` until ``stop`` is set."""
     authority = CertificateAuthority.from_paths(paths)
     if not authority.exists():
         authority.init()
         _log.info("created the certificate authority in %s", authority.directory)
-    transport = transport_for_url(broker_url, broker_tls(broker_url, overlord_credentials(paths), paths))
+    transport = transport_for_url(broker_url, _tls(paths, authority, name, broker_url))
     await transport.connect()
     try:
         service = MinionService(

@@ -1,33 +1,42 @@
 """Message security on a real broker: who may call a minion, and what it refuses.
 
 Every refusal must come back with its own code, execute nothing (the probe is a
-``command.run`` that would append to a marker file), and leave an audit line.
+``command.run`` that would append to a marker file), and leave an audit line. Each test
+runs twice: on the plain session broker, and on a TLS-only node where every process
+logs in with its certificate (EXTERNAL) and broker permissions confine each minion.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from func_amqp.config import Paths
+from func_amqp.broker.node import ROLE_MINION, ROLE_OVERLORD, PrivateBroker
+from func_amqp.config import ENV_BROKER_URL, Paths
 from func_amqp.errors import Code
 from func_amqp.overlord.client import Overlord
 from func_amqp.protocol import codec, names
 from func_amqp.protocol.envelope import Envelope
 from func_amqp.protocol.messages import ExceptionResponse, MethodRequest, MethodResponse
+from func_amqp.overlord.session import Session
 from func_amqp.security.ca import CertificateAuthority
+from func_amqp.security.credentials import CA_HOST_TLS_CN, broker_tls, overlord_credentials
 from func_amqp.security.identity import acl_key
 from func_amqp.security.keys import HostIdentity, generate_key, load_private_key
 from func_amqp.security.signing import Signer
+from func_amqp.security.tls import client_context
 from func_amqp.transport import transport_for_url
 from func_amqp.transport.base import Delivery
+from tests.broker_support import node_state_dir
 from tests.conftest import MinionFactory, MinionProcess
 
 pytestmark = pytest.mark.broker
@@ -83,7 +92,8 @@ class RawCaller:
     """Sends hand-made (signed, tampered, replayed) requests and collects replies."""
 
     def __init__(self, url: str) -> None:
-        self.transport = transport_for_url(url)
+        paths = Paths.resolve()
+        self.transport = transport_for_url(url, broker_tls(url, overlord_credentials(paths), paths))
         self.replies: asyncio.Queue[Envelope] = asyncio.Queue()
         self.reply_to = ""
 
@@ -126,9 +136,54 @@ def audit_outcomes(minion: MinionProcess) -> list[str]:
 # --- tests ------------------------------------------------------------------------------
 
 
+@dataclass
+class TlsNode:
+    broker: PrivateBroker
+    ca_dir: Path
+
+
+@pytest.fixture(scope="module")
+def tls_node() -> Iterator[TlsNode]:
+    """A TLS-only private node for this module, with its own CA."""
+    with node_state_dir() as state:
+        paths = Paths(config_dir=state / "config", state_dir=state)
+        CertificateAuthority(paths.ca_dir, autosign=True).init()
+        node = PrivateBroker(paths)
+        node.start(tls=True)
+        try:
+            node.grant(CA_HOST_TLS_CN, ROLE_OVERLORD)
+            yield TlsNode(node, paths.ca_dir)
+        finally:
+            Session.close_shared()
+            node.stop()
+
+
+@pytest.fixture(params=["plain", "tls"])
+def secured(request: pytest.FixtureRequest, func_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, MinionFactory]]:
+    """The broker URL and a minion factory: the plain session broker, or the TLS node."""
+    if request.param == "plain":
+        factory = MinionFactory(func_env, tmp_path)
+        url = func_env[ENV_BROKER_URL]
+    else:
+        node: TlsNode = request.getfixturevalue("tls_node")
+        shutil.copytree(node.ca_dir, Paths.resolve().ca_dir, dirs_exist_ok=True)  # the broker's CA
+        url = node.broker.url or ""
+        monkeypatch.setenv(ENV_BROKER_URL, url)
+        factory = MinionFactory({**func_env, ENV_BROKER_URL: url}, tmp_path, lambda name: node.broker.grant(name, ROLE_MINION))
+    try:
+        yield url, factory
+    finally:
+        factory.stop_all()
+
+
 @pytest.fixture
-def target(minions: MinionFactory, prefix: str) -> MinionProcess:
-    return minions.start(f"{prefix}-1")
+def secured_url(secured: tuple[str, MinionFactory]) -> str:
+    return secured[0]
+
+
+@pytest.fixture
+def target(secured: tuple[str, MinionFactory], prefix: str) -> MinionProcess:
+    return secured[1].start(f"{prefix}-1")
 
 
 def test_the_certmaster_key_may_call_everything(target: MinionProcess) -> None:
@@ -136,13 +191,13 @@ def test_the_certmaster_key_may_call_everything(target: MinionProcess) -> None:
     assert audit_outcomes(target)[-1] == "ok"
 
 
-def test_acl_grants_and_denies(target: MinionProcess, broker_url: str, tmp_path: Path) -> None:
+def test_acl_grants_and_denies(target: MinionProcess, secured_url: str, tmp_path: Path) -> None:
     alice = issue("alice", tmp_path)
     grant(target, alice, "test.*")
     marker = tmp_path / "ran"
 
     async def scenario() -> tuple[Any, Any]:
-        async with RawCaller(broker_url) as caller:
+        async with RawCaller(secured_url) as caller:
             allowed = MethodRequest("test", "ping", [], time.time() + 30, target.name)
             env = codec.encode(allowed, correlation_id="ok", reply_to=caller.reply_to)
             alice.sign(env)
@@ -187,7 +242,7 @@ def forged_by(other: Signer) -> Mutation:
     ],
 )
 def test_bad_requests_are_refused_and_never_run(
-    case: str, code: Code, target: MinionProcess, broker_url: str, tmp_path: Path
+    case: str, code: Code, target: MinionProcess, secured_url: str, tmp_path: Path
 ) -> None:
     marker = tmp_path / "ran"
     now = dt.datetime.now(dt.timezone.utc)
@@ -214,7 +269,7 @@ def test_bad_requests_are_refused_and_never_run(
         grant(target, signer, "*")
 
     async def scenario() -> Any:
-        async with RawCaller(broker_url) as caller:
+        async with RawCaller(secured_url) as caller:
             return await caller.send(target.name, caller.request(target.name, [f"echo x >> {marker}"], signer, mutate))
 
     reply = asyncio.run(scenario())
@@ -223,13 +278,13 @@ def test_bad_requests_are_refused_and_never_run(
     assert audit_outcomes(target)[-1] == f"refused:{code.name}"
 
 
-def test_replayed_request_runs_once(target: MinionProcess, broker_url: str, tmp_path: Path) -> None:
+def test_replayed_request_runs_once(target: MinionProcess, secured_url: str, tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     alice = issue("alice", tmp_path)
     grant(target, alice, "command.run")
 
     async def scenario() -> tuple[Any, Any]:
-        async with RawCaller(broker_url) as caller:
+        async with RawCaller(secured_url) as caller:
             env = caller.request(target.name, [f"echo x >> {marker}"], alice)
             first = await caller.send(target.name, env)
             again = await caller.send(target.name, env)
@@ -242,21 +297,37 @@ def test_replayed_request_runs_once(target: MinionProcess, broker_url: str, tmp_
     assert audit_outcomes(target)[-2:] == ["ok", "refused:REPLAYED"]
 
 
-def test_forged_reply_is_refused_by_the_overlord(target: MinionProcess, broker_url: str, tmp_path: Path) -> None:
-    """While a call runs, a forgery for it reaches the caller's reply queue first."""
+def test_forged_reply_is_refused_by_the_overlord(
+    request: pytest.FixtureRequest, target: MinionProcess, secured_url: str, tmp_path: Path
+) -> None:
+    """While a call runs, forgeries for it reach the caller's reply queue first.
+
+    The forger is another host: on the TLS node, a minion logged in with its own
+    certificate, which broker permissions let publish replies.
+    """
     ol = Overlord(target.name, noglobs=True, timeout=30)
     rpc = ol._async.rpc  # the caller's own reply address and pending calls
     forger = issue("forger", tmp_path)
+    tls = None
+    if secured_url.startswith("amqps"):
+        request.getfixturevalue("tls_node").broker.grant("forger", ROLE_MINION)
+        pki = HostIdentity(tmp_path / "pki-forger", "forger")
+        tls = client_context(pki.ca_path, pki.cert_path, pki.key_path)
     outcome: dict[str, Any] = {}
 
     async def inject() -> None:
         await asyncio.sleep(0.5)
         cid = next(iter(rpc._pending))
-        for signer in (None, forger):  # unsigned, and signed by another host
-            env = codec.encode(MethodResponse("forged"), correlation_id=cid, agent=target.name)
-            if signer is not None:
-                signer.sign(env)
-            await rpc.transport.reply(rpc._reply_to or "", env)
+        transport = transport_for_url(secured_url, tls)
+        await transport.connect()
+        try:
+            for signer in (None, forger):  # unsigned, and signed by another host
+                env = codec.encode(MethodResponse("forged"), correlation_id=cid, agent=target.name)
+                if signer is not None:
+                    signer.sign(env)
+                await transport.reply(rpc._reply_to or "", env)
+        finally:
+            await transport.close()
 
     async def scenario() -> None:
         call = asyncio.ensure_future(rpc.call(target.name, "test", "sleep", [2], 30))
