@@ -125,10 +125,19 @@ class MinionFactory:
         self.started: list[MinionProcess] = []
         self.before_start = before_start
 
-    def start(self, name: str, *, conf: str = "", modules: dict[str, str] | None = None, wait: bool = True) -> MinionProcess:
+    def start(
+        self,
+        name: str,
+        *,
+        conf: str = "",
+        modules: dict[str, str] | None = None,
+        wait: bool = True,
+        enrolled: bool = True,
+    ) -> MinionProcess:
         """Start ``funcd --name NAME`` with a certificate; ``modules`` maps a module
         class name to the ``[main]`` lines of its options file."""
-        provision(name)
+        if enrolled:
+            provision(name)
         if self.before_start is not None:
             self.before_start(name)
         confdir = self.workdir / f"conf-{name}"
