@@ -531,19 +531,11 @@ def provision(paths: Paths, name: str) -> bool:
     needs none of this: False.
     """
     try:
-        from func_amqp.security.ca import CertificateAuthority
+        from func_amqp.security.credentials import issue_locally
         from func_amqp.security.keys import HostIdentity
     except ImportError:
         return False
-    authority = CertificateAuthority(paths.ca_dir, autosign=True)
-    if not authority.exists():
-        authority.init()
-    identity = HostIdentity(paths.pki_dir, name)
-    if not identity.is_complete():
-        result = authority.submit(identity.csr_pem())
-        if not (result.signed and result.certificate and result.ca_certificate):
-            raise BenchError(f"the benchmark's CA did not sign {name}'s certificate: {result.reason}")
-        identity.store(result.certificate, result.ca_certificate)
+    issue_locally(paths.ca_dir, HostIdentity(paths.pki_dir, name))
     return True
 
 

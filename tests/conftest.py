@@ -20,7 +20,7 @@ import pytest
 
 from func_amqp.config import ENV_BROKER_URL, ENV_CONFIG_DIR, ENV_STATE_DIR, Paths
 from func_amqp.overlord.session import Session
-from func_amqp.security.ca import CertificateAuthority
+from func_amqp.security.credentials import issue_locally
 from func_amqp.security.keys import HostIdentity
 from tests.broker_support import node_state_dir, running_broker
 
@@ -107,14 +107,7 @@ def provision(name: str) -> None:
     signs its requests with the certmaster key, as func's overlord did.
     """
     paths = Paths.resolve()
-    authority = CertificateAuthority(paths.ca_dir, autosign=True)
-    if not authority.exists():
-        authority.init()
-    identity = HostIdentity(paths.pki_dir, name)
-    if not identity.is_complete():
-        result = authority.submit(identity.csr_pem())
-        assert result.signed and result.certificate and result.ca_certificate, result.reason
-        identity.store(result.certificate, result.ca_certificate)
+    issue_locally(paths.ca_dir, HostIdentity(paths.pki_dir, name))
 
 
 class MinionFactory:

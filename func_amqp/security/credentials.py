@@ -95,17 +95,27 @@ def overlord_credentials(paths: Paths, key_file: str = "", cert_file: str = "", 
     return Credentials()
 
 
+def issue_locally(ca_dir: Path, identity: HostIdentity) -> HostIdentity:
+    """A certificate for ``identity`` straight from the CA on this host (created if
+    missing), with no certmaster round trip: for the CA host's own identities and for
+    an administrator provisioning hosts by hand."""
+    if not identity.is_complete():
+        authority = CertificateAuthority(ca_dir, autosign=True)
+        if not authority.exists():
+            authority.init()
+        result = authority.submit(identity.csr_pem())
+        if not result.signed or result.certificate is None or result.ca_certificate is None:
+            raise ConfigError(f"the CA could not issue a certificate for {identity.name!r}: {result.reason}")
+        identity.store(result.certificate, result.ca_certificate)
+    return identity
+
+
 def ca_host_tls_identity(paths: Paths, cn: str = CA_HOST_TLS_CN) -> tuple[Path, Path]:
     """Key and certificate the CA host presents to a TLS broker, issued on first need.
 
     Its broker user is ``cn`` (``func-amqp broker grant func-overlord --role overlord``).
     """
-    identity = HostIdentity(paths.ca_dir / CA_HOST_TLS_DIR, cn)
-    if not identity.is_complete():
-        result = CertificateAuthority(paths.ca_dir, autosign=True).submit(identity.csr_pem())
-        if not result.signed or result.certificate is None or result.ca_certificate is None:
-            raise ConfigError(f"the CA could not issue its TLS certificate {cn!r}: {result.reason}")
-        identity.store(result.certificate, result.ca_certificate)
+    identity = issue_locally(paths.ca_dir, HostIdentity(paths.ca_dir / CA_HOST_TLS_DIR, cn))
     return identity.key_path, identity.cert_path
 
 
