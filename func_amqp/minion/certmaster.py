@@ -3,7 +3,8 @@
 certmaster served ``wait_for_cert(csr)`` over plain XML-RPC so that a new minion could
 ask for its certificate. Here the same method is served by an agent named
 ``certmaster`` (``func-amqp certmaster``), next to the CA. It takes unsigned requests by
-design, and serves nothing but certificate requests and the revocation list.
+design, and serves only certificate requests and the revocation list (besides the
+built-in ``system.*`` introspection every agent answers).
 """
 
 from __future__ import annotations
