@@ -3,13 +3,19 @@
 One run starts everything it measures and stops it again: a private RabbitMQ node
 (unless ``--url`` names a broker), one ``funcd`` process serving ``bench-minion`` with
 a certificate from a CA the benchmark creates (requests and replies are signed, as in
-any real deployment), and two plain aio-pika servers in their own processes
-(``bench/bare_server.py``), one whose replies use publisher confirms (aio-pika's
-default channel) and one without. Then:
+any real deployment), a second ``funcd`` serving ``bench-open`` with
+``require_signatures = false`` (the RPC core without message security), and two plain
+aio-pika servers in their own processes (``bench/bare_server.py``), one whose replies
+use publisher confirms (aio-pika's default channel) and one without. Both minions
+write their audit log to a file in the run's temporary directory, so signatures are
+the only difference between them. Then:
 
 - func-amqp: the synchronous ``Overlord(..., noglobs=True).test.ping()`` one call at a
   time, the asyncio ``AsyncOverlord`` one call at a time, and ``AsyncOverlord`` with
   ``--window`` calls in flight;
+- func-amqp unsigned: an ``AsyncOverlord`` with no signer and no trust store calling
+  ``bench-open``, one call at a time and with ``--window`` calls in flight: requests
+  go unsigned and replies are not verified;
 - bare aio-pika: a client with its own exclusive reply queue, correlation ids and one
   future per call, one call at a time and with ``--window`` calls in flight.
 
@@ -43,9 +49,10 @@ import threading
 import time
 import uuid
 import urllib.parse
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -60,19 +67,25 @@ from func_amqp.config import (  # noqa: E402
     ENV_CONFIG_DIR,
     ENV_STATE_DIR,
     MinionConfig,
+    OverlordConfig,
     Paths,
 )
 from func_amqp.errors import FuncAmqpError  # noqa: E402
 from func_amqp.overlord.caller import AsyncOverlord  # noqa: E402
 from func_amqp.overlord.client import Overlord  # noqa: E402
+from func_amqp.overlord.rpc import RpcClient  # noqa: E402
 from func_amqp.overlord.session import Session  # noqa: E402
 from func_amqp.protocol import codec  # noqa: E402
 from func_amqp.protocol.messages import MethodRequest, MethodResponse  # noqa: E402
+from func_amqp.transport import transport_for_url  # noqa: E402
 
 MINION_NAME = "bench-minion"
+OPEN_MINION_NAME = "bench-open"
+"""The minion with ``require_signatures = false``: the RPC core without message security."""
 BARE_SERVER = REPO / "bench" / "bare_server.py"
 AIM = 0.70
-"""func-amqp concurrent throughput as a share of bare aio-pika's: the project's aim."""
+"""func-amqp concurrent throughput as a share of bare aio-pika's: the project's aim, set
+for the RPC core before messages were signed."""
 
 BROKER_START_TIMEOUT = 120.0
 BROKER_STOP_TIMEOUT = 60.0
@@ -397,6 +410,12 @@ class Scenario:
         except asyncio.TimeoutError:
             give_up.set()
             raise BenchError(f"{self.name}: gave up after {phase_budget(count):g} s") from None
+        except BaseException:
+            # abandoned (signal, Ctrl-C): a blocking worker thread cannot be cancelled,
+            # and asyncio.run would wait for it to finish its whole slice before the
+            # servers are stopped
+            give_up.set()
+            raise
         seconds = time.perf_counter() - start
         cpu = CpuMeter.delta(before, self.meter.read())
         wire_after = self.meter.wire()
@@ -483,11 +502,15 @@ class BareClient:
 SYNC_SEQ = "func-amqp Overlord (sync), sequential"
 ASYNC_SEQ = "func-amqp AsyncOverlord, sequential"
 ASYNC_CONC = "func-amqp AsyncOverlord, concurrent"
+OPEN_SEQ = "func-amqp unsigned AsyncOverlord, sequential"
+OPEN_CONC = "func-amqp unsigned AsyncOverlord, concurrent"
 BARE_SEQ = "bare aio-pika, sequential"
 BARE_CONC = "bare aio-pika, concurrent"
 PLAIN_SEQ = "bare aio-pika without confirms, sequential"
 PLAIN_CONC = "bare aio-pika without confirms, concurrent"
-SCENARIOS = (SYNC_SEQ, ASYNC_SEQ, ASYNC_CONC, BARE_SEQ, BARE_CONC, PLAIN_SEQ, PLAIN_CONC)
+SCENARIOS = (
+    SYNC_SEQ, ASYNC_SEQ, ASYNC_CONC, OPEN_SEQ, OPEN_CONC, BARE_SEQ, BARE_CONC, PLAIN_SEQ, PLAIN_CONC,
+)
 
 
 @dataclass
@@ -496,6 +519,7 @@ class Setup:
     broker_port: int
     conf_dir: Path
     minion: Child
+    open_minion: Child
     bare: Child
     plain: Child
     broker_pid: int | None
@@ -539,6 +563,38 @@ def provision(paths: Paths, name: str) -> bool:
     return True
 
 
+def write_minion_conf(conf_dir: Path, audit_log: Path, *, signed: bool) -> None:
+    """A minion.conf with the defaults but for the audit log's place and, for the
+    unsigned minion, ``require_signatures``.
+
+    The audit log stays on in both (as in production) but goes to the run's temporary
+    directory: the default under root is a system path the benchmark must not touch.
+    """
+    lines = ["[main]", f"audit_log = {audit_log}"]
+    if not signed:
+        lines.append("require_signatures = false")
+    conf_dir.mkdir()
+    (conf_dir / "minion.conf").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@asynccontextmanager
+async def unsigned_overlord(url: str, conf_dir: Path) -> AsyncIterator[AsyncOverlord]:
+    """An ``AsyncOverlord`` for the unsigned minion whose client has no signer and no
+    trust store: requests go out unsigned and replies are not verified.
+
+    Built on its own transport, connected once, so that it shares nothing with the
+    signed overlord; otherwise it is the same client on the same kind of connection.
+    """
+    transport = transport_for_url(url)
+    await transport.connect()
+    try:
+        rpc = RpcClient(transport, OverlordConfig().max_message_bytes)
+        await rpc.start()  # AsyncOverlord.connect() leaves a given client as it is
+        yield AsyncOverlord(OPEN_MINION_NAME, noglobs=True, timeout=CALL_TIMEOUT, config_dir=conf_dir, rpc=rpc)
+    finally:
+        await transport.close()
+
+
 def server_pids(setup: Setup, server: Child) -> dict[str, int | None]:
     return {"server": server.pid, "broker": setup.broker_pid}
 
@@ -546,6 +602,7 @@ def server_pids(setup: Setup, server: Child) -> dict[str, int | None]:
 async def measure_all(setup: Setup, args: argparse.Namespace, info: dict[str, Any]) -> dict[str, Sample]:
     """Warm every scenario up, then time them slice by slice, taking turns."""
     minion_meter = CpuMeter(server_pids(setup, setup.minion), setup.broker_port)
+    open_meter = CpuMeter(server_pids(setup, setup.open_minion), setup.broker_port)
     bare_meter = CpuMeter(server_pids(setup, setup.bare), setup.broker_port)
     plain_meter = CpuMeter(server_pids(setup, setup.plain), setup.broker_port)
     overlord = await asyncio.to_thread(
@@ -555,6 +612,7 @@ async def measure_all(setup: Setup, args: argparse.Namespace, info: dict[str, An
         AsyncOverlord(
             MINION_NAME, noglobs=True, timeout=CALL_TIMEOUT, url=setup.url, config_dir=setup.conf_dir
         ) as aol,
+        unsigned_overlord(setup.url, setup.conf_dir) as open_aol,
         BareClient(setup.url, setup.bare.ready.split()[-1], confirms=True) as bare,
         BareClient(setup.url, setup.plain.ready.split()[-1], confirms=False) as plain,
     ):
@@ -563,11 +621,13 @@ async def measure_all(setup: Setup, args: argparse.Namespace, info: dict[str, An
         sequential = [
             Scenario(SYNC_SEQ, overlord.test.ping, minion_meter, blocking=True),
             Scenario(ASYNC_SEQ, aol.test.ping, minion_meter),
+            Scenario(OPEN_SEQ, open_aol.test.ping, open_meter),
             Scenario(BARE_SEQ, bare.ping, bare_meter),
             Scenario(PLAIN_SEQ, plain.ping, plain_meter),
         ]
         concurrent = [
             Scenario(ASYNC_CONC, aol.test.ping, minion_meter, window=w),
+            Scenario(OPEN_CONC, open_aol.test.ping, open_meter, window=w),
             Scenario(BARE_CONC, bare.ping, bare_meter, window=w),
             Scenario(PLAIN_CONC, plain.ping, plain_meter, window=w),
         ]
@@ -591,22 +651,56 @@ def cpu_per_call(sample: Sample) -> float:
     return sum(known) / sample.calls * 1e6 if sample.calls else math.nan
 
 
+def signing_cpu(signed: Sample, unsigned: Sample) -> dict[str, float | None]:
+    """CPU microseconds a call costs more signed than unsigned, per process and in all.
+
+    The two minions differ only in ``require_signatures``, and the two overlords only in
+    having a signer and a trust store, so this is what message security costs a call.
+    """
+    out: dict[str, float | None] = {}
+    for key in PROCESSES:
+        a, b = signed.cpu.get(key), unsigned.cpu.get(key)
+        if a is None or b is None or not signed.calls or not unsigned.calls:
+            out[key] = None
+        else:
+            out[key] = round(a / signed.calls * 1e6 - b / unsigned.calls * 1e6, 1)
+    out["total"] = round(cpu_per_call(signed) - cpu_per_call(unsigned), 1)
+    return out
+
+
 def ratios(results: dict[str, Sample]) -> dict[str, Any]:
+    """Throughput and CPU ratios: signed func-amqp (what users run) and unsigned (the RPC
+    core the 70% aim was set for), each against bare aio-pika, and signed against unsigned."""
+
     def share(a: str, b: str) -> float:
         return round(results[a].rate / results[b].rate, 3)
 
-    per_slice = [
-        round(f / b, 3) for f, b in zip(results[ASYNC_CONC].slices, results[BARE_CONC].slices)
-    ]
+    def by_slice(a: str, b: str) -> list[float]:
+        return [round(x / y, 3) for x, y in zip(results[a].slices, results[b].slices)]
+
+    def cpu_share(a: float, b: float) -> float:
+        return round(a / b, 3) if b else math.nan
+
     func_cpu, bare_cpu = cpu_per_call(results[ASYNC_CONC]), cpu_per_call(results[BARE_CONC])
+    open_cpu = cpu_per_call(results[OPEN_CONC])
     return {
         "cpu_us_per_call_func_concurrent": round(func_cpu, 1),
+        "cpu_us_per_call_func_unsigned_concurrent": round(open_cpu, 1),
         "cpu_us_per_call_bare_concurrent": round(bare_cpu, 1),
-        "bare_cpu_vs_func_cpu_concurrent": round(bare_cpu / func_cpu, 3) if func_cpu else math.nan,
+        "bare_cpu_vs_func_cpu_concurrent": cpu_share(bare_cpu, func_cpu),
+        "bare_cpu_vs_func_unsigned_cpu_concurrent": cpu_share(bare_cpu, open_cpu),
         "func_concurrent_vs_bare_concurrent": share(ASYNC_CONC, BARE_CONC),
-        "func_concurrent_vs_bare_concurrent_by_slice": per_slice,
+        "func_concurrent_vs_bare_concurrent_by_slice": by_slice(ASYNC_CONC, BARE_CONC),
+        "func_unsigned_concurrent_vs_bare_concurrent": share(OPEN_CONC, BARE_CONC),
+        "func_unsigned_concurrent_vs_bare_concurrent_by_slice": by_slice(OPEN_CONC, BARE_CONC),
+        "func_concurrent_vs_func_unsigned_concurrent": share(ASYNC_CONC, OPEN_CONC),
+        "func_concurrent_vs_func_unsigned_concurrent_by_slice": by_slice(ASYNC_CONC, OPEN_CONC),
+        "signing_cpu_us_per_call_concurrent": signing_cpu(results[ASYNC_CONC], results[OPEN_CONC]),
+        "signing_cpu_us_per_call_sequential": signing_cpu(results[ASYNC_SEQ], results[OPEN_SEQ]),
         "func_concurrent_vs_bare_without_confirms_concurrent": share(ASYNC_CONC, PLAIN_CONC),
+        "func_unsigned_concurrent_vs_bare_without_confirms_concurrent": share(OPEN_CONC, PLAIN_CONC),
         "func_async_sequential_vs_bare_sequential": share(ASYNC_SEQ, BARE_SEQ),
+        "func_unsigned_async_sequential_vs_bare_sequential": share(OPEN_SEQ, BARE_SEQ),
         "func_sync_sequential_vs_bare_sequential": share(SYNC_SEQ, BARE_SEQ),
     }
 
@@ -666,7 +760,7 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
 def cores_line(report: dict[str, Any]) -> str:
     """How busy the machine was in the concurrent scenarios, by us and by anything else."""
     parts = []
-    for name, label in ((ASYNC_CONC, "func-amqp"), (BARE_CONC, "bare")):
+    for name, label in ((ASYNC_CONC, "func-amqp"), (OPEN_CONC, "func-amqp unsigned"), (BARE_CONC, "bare")):
         busy = report["results"][name]["cores_busy"]
         others = "?" if busy["others"] is None else f"{busy['others']:.2f}"
         parts.append(f"{label} {busy['measured']:.2f} (+{others} other work)")
@@ -675,38 +769,65 @@ def cores_line(report: dict[str, Any]) -> str:
 
 def wire_line(report: dict[str, Any]) -> str:
     """Bytes the client sent and received per call, sequential scenarios (no batching)."""
-    func = report["results"][ASYNC_SEQ]["client_wire_bytes_per_call"]
-    bare = report["results"][BARE_SEQ]["client_wire_bytes_per_call"]
-    if func is None or bare is None:
-        return "bytes on the wire: not measured (needs ss)"
+    parts = []
+    for name, label in ((ASYNC_SEQ, "func-amqp"), (OPEN_SEQ, "func-amqp unsigned"), (BARE_SEQ, "bare")):
+        wire = report["results"][name]["client_wire_bytes_per_call"]
+        if wire is None:
+            return "bytes on the wire: not measured (needs ss)"
+        parts.append(f"{label} {wire['sent']:,} / {wire['received']:,}")
+    return "client bytes on the wire per sequential call, sent / received: " + ", ".join(parts)
+
+
+def against_aim(label: str, ratio: float, spread: Sequence[float]) -> str:
+    """One concurrent throughput ratio against bare aio-pika, and whether it meets the aim."""
+    spread = spread or [ratio]
+    verdict = "meets" if ratio >= AIM else "misses"
     return (
-        f"client bytes on the wire per sequential call, sent / received: func-amqp "
-        f"{func['sent']:,} / {func['received']:,}, bare {bare['sent']:,} / {bare['received']:,}"
+        f"{label} concurrent / bare aio-pika concurrent: {ratio:.0%} ({verdict} the {AIM:.0%} aim; "
+        f"by slice {min(spread):.0%} to {max(spread):.0%})"
+    )
+
+
+def signing_line(report: dict[str, Any]) -> str:
+    """What signing costs a concurrent call: throughput and CPU, signed against unsigned."""
+    r = report["ratios"]
+    cost = r["signing_cpu_us_per_call_concurrent"]
+    each = ", ".join(
+        f"{key} {'?' if cost[key] is None else format(cost[key], '+,.0f')}" for key in PROCESSES
+    )
+    return (
+        f"signing, concurrent: signed / unsigned throughput {r['func_concurrent_vs_func_unsigned_concurrent']:.0%}; "
+        f"{cost['total']:+,.0f} us CPU a call ({each})"
     )
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
     r = report["ratios"]
-    head = r["func_concurrent_vs_bare_concurrent"]
-    spread = r["func_concurrent_vs_bare_concurrent_by_slice"] or [head]
-    verdict = "meets" if head >= AIM else "misses"
     m, s = report["machine"], report["settings"]
     sizes = report["message_sizes"]
     return [
-        f"func-amqp concurrent / bare aio-pika concurrent: {head:.0%} ({verdict} the {AIM:.0%} aim; "
-        f"by slice {min(spread):.0%} to {max(spread):.0%})",
+        against_aim("func-amqp (signed)", r["func_concurrent_vs_bare_concurrent"],
+                    r["func_concurrent_vs_bare_concurrent_by_slice"]),
+        against_aim("func-amqp unsigned (RPC core)", r["func_unsigned_concurrent_vs_bare_concurrent"],
+                    r["func_unsigned_concurrent_vs_bare_concurrent_by_slice"]),
         f"CPU per concurrent call, all processes: func-amqp {r['cpu_us_per_call_func_concurrent']:,.0f} us, "
+        f"unsigned {r['cpu_us_per_call_func_unsigned_concurrent']:,.0f} us, "
         f"bare {r['cpu_us_per_call_bare_concurrent']:,.0f} us (bare / func-amqp: "
-        f"{r['bare_cpu_vs_func_cpu_concurrent']:.0%})",
+        f"{r['bare_cpu_vs_func_cpu_concurrent']:.0%}, bare / unsigned: "
+        f"{r['bare_cpu_vs_func_unsigned_cpu_concurrent']:.0%})",
+        signing_line(report),
         cores_line(report),
-        f"func-amqp concurrent / bare aio-pika without confirms concurrent: "
-        f"{r['func_concurrent_vs_bare_without_confirms_concurrent']:.0%}",
+        f"concurrent, against bare aio-pika without confirms: func-amqp "
+        f"{r['func_concurrent_vs_bare_without_confirms_concurrent']:.0%}, unsigned "
+        f"{r['func_unsigned_concurrent_vs_bare_without_confirms_concurrent']:.0%}",
         f"sequential, AsyncOverlord / bare: {r['func_async_sequential_vs_bare_sequential']:.0%}; "
+        f"unsigned AsyncOverlord / bare: {r['func_unsigned_async_sequential_vs_bare_sequential']:.0%}; "
         f"sync Overlord / bare: {r['func_sync_sequential_vs_bare_sequential']:.0%}",
         wire_line(report),
         f"JSON bodies: request func-amqp {sizes['func_request_body']} bytes, bare {sizes['bare_request_body']}; "
         f"reply {sizes['func_reply_body']} / {sizes['bare_reply_body']}; "
-        f"func-amqp requests {'signed' if s['signed_requests'] else 'unsigned'}",
+        f"func-amqp requests {'signed' if s['signed_requests'] else 'unsigned'} "
+        f"(in the unsigned scenarios: never); audit log on in both minions",
         f"{m['cpus']} CPUs, {m['os']}, Python {m['python']}, aio-pika {m['aio_pika']}, "
         f"RabbitMQ {report.get('rabbitmq', '?')} ({s['broker']}); warm-up {s['warmup']} calls a scenario, "
         f"timed calls in {s['slices']} interleaved slices",
@@ -780,11 +901,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     base = Path(tempfile.mkdtemp(prefix="func-amqp-bench-"))
     base.chmod(0o755)  # the node runs as the rabbitmq user when started by root
-    conf_dir, state_dir = base / "conf", base / "state"
-    minion_conf = base / "minion-conf"
-    for d in (conf_dir, state_dir, minion_conf):
+    conf_dir, state_dir, open_state_dir = base / "conf", base / "state", base / "open-state"
+    minion_conf, open_conf = base / "minion-conf", base / "open-conf"
+    for d in (conf_dir, state_dir, open_state_dir):
         d.mkdir()
-    (minion_conf / "minion.conf").write_text("[main]\n")
+    write_minion_conf(minion_conf, base / f"audit-{MINION_NAME}.log", signed=True)
+    write_minion_conf(open_conf, base / f"audit-{OPEN_MINION_NAME}.log", signed=False)
     # This process must not read or write the machine's own func-amqp settings.
     os.environ[ENV_CONFIG_DIR] = str(conf_dir)
     os.environ[ENV_STATE_DIR] = str(state_dir)
@@ -822,6 +944,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             [sys.executable, "-m", "func_amqp.cli.funcd", "--name", MINION_NAME, "-c", str(minion_conf)],
             env, base / "funcd.log", "serving",
         )
+        # Its own configuration and state: no certificate, nothing shared with the other.
+        open_minion = Child(
+            "funcd (unsigned)",
+            [sys.executable, "-m", "func_amqp.cli.funcd", "--name", OPEN_MINION_NAME, "-c", str(open_conf)],
+            {**env, ENV_CONFIG_DIR: str(open_conf), ENV_STATE_DIR: str(open_state_dir)},
+            base / "funcd-open.log", "serving",
+        )
         servers = [
             Child(
                 f"bare server ({label})",
@@ -833,12 +962,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ("no confirms", f"bench.plain.{suffix}", ["--no-confirms"]),
             )
         ]
-        for child in (minion, *servers):
+        for child in (minion, open_minion, *servers):
             children.append(child)
             child.start()
         for child in children:
             child.wait_ready()
-        setup = Setup(url, broker_port(url), conf_dir, minion, servers[0], servers[1], broker_pid)
+        setup = Setup(url, broker_port(url), conf_dir, minion, open_minion, servers[0], servers[1], broker_pid)
 
         info: dict[str, Any] = {}
         results = asyncio.run(measure_all(setup, args, info))
@@ -858,6 +987,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "prefetch": prefetch,
                 "broker": broker_label,
                 "signed_requests": signed,
+                "minions": {"signed": MINION_NAME, "unsigned": OPEN_MINION_NAME},
+                "audit_log": "on in both minions, a file in the run's temporary directory",
             },
             "message_sizes": message_sizes("func.reply." + uuid.uuid4().hex),
             "codec_request_headers": sorted(codec.encode(MethodRequest("test", "ping", [], time.time() + 1, MINION_NAME)).headers),
