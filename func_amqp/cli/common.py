@@ -64,11 +64,13 @@ def run_main(prog: str, body: Callable[[], int]) -> int:
         return EXIT_INTERRUPTED
 
 
-def setup_logging(level: str, *, quiet_client_library: bool = False) -> None:
+def setup_logging(level: str, *, quiet_client_library: bool = False, prog: str | None = None) -> None:
+    """Daemons log with times and sources; a command (``prog``) says ``prog: message``."""
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         numeric = logging.INFO
-    logging.basicConfig(level=numeric, format=LOG_FORMAT, stream=sys.stderr)
+    fmt = f"{prog}: %(levelname)s: %(message)s" if prog else LOG_FORMAT
+    logging.basicConfig(level=numeric, format=fmt, stream=sys.stderr)
     if quiet_client_library:
         for name in CLIENT_LIBRARY_LOGGERS:
             logging.getLogger(name).setLevel(logging.CRITICAL)

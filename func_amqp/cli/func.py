@@ -216,7 +216,7 @@ def _add_watch_options(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(LOG_LEVEL, quiet_client_library=True)
+    setup_logging(LOG_LEVEL, quiet_client_library=True, prog=PROG)
 
     async def run() -> int:
         async with AsyncOverlord(args.spec, exclude_spec=args.exclude, timeout=args.timeout, config_dir=args.conf) as ol:

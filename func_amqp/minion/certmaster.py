@@ -80,7 +80,7 @@ async def serve_certmaster(paths: Paths, name: str, broker_url: str, stop: async
         service = MinionService(
             transport,
             certmaster_interface(authority),
-            ServiceSettings(name=name, max_concurrent_calls=4),
+            ServiceSettings(name=name, max_concurrent_calls=4, discoverable=False),
             gate=OpenAccess(),
             audit=AuditLog(None),
         )

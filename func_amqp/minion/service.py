@@ -84,6 +84,9 @@ class ServiceSettings:
     max_concurrent_calls: int = 16
     heartbeat_interval: float = 30.0
     max_message_bytes: int = 16 * 1024 * 1024
+    discoverable: bool = True
+    """False for agents that are not minions (the certmaster): locate gets no answer,
+    so they never appear among the minions a spec like ``*`` names."""
 
 
 _MINION_PACKAGE = str(Path(__file__).resolve().parent)
@@ -290,6 +293,8 @@ class MinionService:
             await self._subscribe(env, request)
             return
         if isinstance(request, AgentLocateRequest):
+            if not self.settings.discoverable:
+                return
             answer: Reply = AgentLocateResponse(self.agent_info())
         elif isinstance(request, CancelRequest):
             answer = self._cancel(request)

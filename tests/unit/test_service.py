@@ -402,3 +402,17 @@ async def test_follow_a_running_call(overlord: AsyncOverlord) -> None:
 async def test_follow_unknown_call_is_refused(overlord: AsyncOverlord) -> None:
     err = (await overlord.follow("nope"))["m1"]
     assert "no running call" in err[2]
+
+
+async def test_an_agent_that_is_no_minion_stays_out_of_discovery(url: str, overlord: AsyncOverlord) -> None:
+    """The certmaster serves requests by name, but '*' must not name it."""
+    transport = MemoryTransport(url)
+    await transport.connect()
+    agent = MinionService(transport, AmqpInterface({}), ServiceSettings("certmaster", discoverable=False))
+    await agent.start()
+    try:
+        assert set(await overlord.locate(0.3)) == {"m1"}
+        assert (await overlord.rpc.list_modules("certmaster", 5)) == []  # still reachable by name
+    finally:
+        await agent.stop(grace=1)
+        await transport.close()
