@@ -47,6 +47,7 @@ class InFlightCall:
         self._flush_handle: asyncio.TimerHandle | None = None
         self._outbox: asyncio.Queue[ProgressIndication | LogIndication | None] = asyncio.Queue()
         self._pump: asyncio.Task[None] | None = None  # started by the first indication
+        self._catch_up: set[asyncio.Task[None]] = set()
         self.context = CallContext(call_id, on_progress=self._progress_from_thread, on_log=self._log_from_thread)
 
     # --- from the worker thread ---------------------------------------------------------
@@ -63,7 +64,7 @@ class InFlightCall:
         """Add a follower; it gets the current phase at once, then what follows."""
         self.followers.append((reply_to, correlation_id))
         if self.last_progress is not None:
-            self._loop.create_task(self._send_quietly(reply_to, correlation_id, self.last_progress))
+            self._queue_to(reply_to, correlation_id, self.last_progress)
 
     def _add_progress(self, progress: Progress) -> None:
         self._pending_progress = ProgressIndication(progress.phase, progress.current, progress.total, progress.message)
@@ -97,6 +98,12 @@ class InFlightCall:
             self.last_progress, self._pending_progress = self._pending_progress, None
             self._queue(self.last_progress)
 
+    def _queue_to(self, reply_to: str, correlation_id: str, item: ProgressIndication) -> None:
+        """The current phase for one new follower, sent in order with the rest."""
+        task = self._loop.create_task(self._send_quietly(reply_to, correlation_id, item))
+        self._catch_up.add(task)
+        task.add_done_callback(self._catch_up.discard)
+
     def _queue(self, item: ProgressIndication | LogIndication) -> None:
         """Hand an indication to the pump, starting it on first use: most calls (a
         ping, say) report nothing and need no task of their own."""
@@ -125,6 +132,8 @@ class InFlightCall:
             self._flush_handle.cancel()
         self._flush()
         self.finished = True
+        if self._catch_up:
+            await asyncio.gather(*self._catch_up)
         if self._pump is not None:
             self._outbox.put_nowait(None)
             await self._pump

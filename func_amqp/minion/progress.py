@@ -112,7 +112,17 @@ def report(phase: str, current: int | None = None, total: int | None = None, mes
     """Tell the caller where the call stands (latest report wins if they come fast)."""
     context = current_call()
     if context is not None:
-        context.on_progress(Progress(str(phase), current, total, str(message)))
+        context.on_progress(Progress(str(phase), _count(current), _count(total), str(message)))
+
+
+def _count(value: object) -> int | None:
+    """Progress counts travel as integers; anything else (NaN, a Decimal) is coerced or dropped."""
+    if value is None:
+        return None
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def log(*lines: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import time
 import traceback
@@ -64,6 +65,9 @@ from func_amqp.transport.base import Delivery, Transport
 _log = logging.getLogger(__name__)
 
 _STDLIB = str(Path(concurrent.futures.__file__).resolve().parent)
+
+STOP_STEP_TIMEOUT = 5.0
+"""Seconds a shutdown step may wait for the broker (it may be away)."""
 
 STOP_CANCEL_WAIT = 5.0
 """Seconds calls cancelled at shutdown get to answer before funcd exits anyway."""
@@ -193,10 +197,13 @@ class MinionService:
     async def stop(self, grace: float = 10.0) -> None:
         """Stop taking requests, announce it, let running calls finish for ``grace`` s."""
         self._stopping = True
-        await self.transport.stop_serving()
+        # both wait for the broker while it is away: bounded, the shutdown goes on
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.transport.stop_serving(), STOP_STEP_TIMEOUT)
         if self._heartbeat is not None:
             self._heartbeat.cancel()
-        await self._announce(stopping=True)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._announce(stopping=True), STOP_STEP_TIMEOUT)
         if self._inflight:
             _log.info("waiting up to %.0fs for %d running calls", grace, len(self._inflight))
             _, pending = await asyncio.wait(set(self._inflight), timeout=grace)
@@ -333,7 +340,8 @@ class MinionService:
         if env.reply_to:
             _log.warning("refused a message (%s): %s", code.name, text)
             await delivery.ack()
-            await self._send_reply(env.reply_to, env.correlation_id, code_reply(code, text), env.deadline or 0)
+            # not the message's own deadline: it may be a stranger's far-future one
+            await self._send_reply(env.reply_to, env.correlation_id, code_reply(code, text), 0)
         else:
             _log.warning("dead-lettered a message without reply address (%s): %s", code.name, text)
             await delivery.reject()
@@ -367,28 +375,43 @@ class MinionService:
             await self._send_reply(env.reply_to, env.correlation_id, reply, request.deadline)
             return
         await self._slots.acquire()
-        if request.deadline < time.time():
+        refusal = self._refusal_after_wait(request, env)
+        if refusal is not None:
             self._slots.release()
-            await self._refuse(delivery, Code.EXPIRED, "the request's deadline passed while it waited for a free slot", caller=caller, action=request.full_name)
+            await self._refuse(delivery, *refusal, caller=caller, action=request.full_name, args=request.args)
             return
         call_id = env.correlation_id or env.message_id or uuid.uuid4().hex
-        if call_id in self._calls:
-            self._slots.release()
-            await self._refuse(delivery, Code.BAD_REQUEST, f"call id {call_id!r} is already in use by a running call", caller=caller, action=request.full_name)
-            return
-        await delivery.ack()
         call = InFlightCall(call_id, request.full_name, self._send_indication)
         if env.reply_to:
             call.follow(env.reply_to, call_id)
-        self._calls[call_id] = call
+        self._calls[call_id] = call  # before any await: a duplicate id is refused above
+        try:
+            await delivery.ack()
+        except BaseException:
+            self._calls.pop(call_id, None)
+            self._slots.release()
+            raise
         task = asyncio.get_running_loop().create_task(self._run_call(call, request, method, caller))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
+
+    def _refusal_after_wait(self, request: MethodRequest, env: Envelope) -> tuple[Code, str] | None:
+        """What may have changed while the request waited for a slot."""
+        if self._stopping:
+            return Code.SHUTTING_DOWN, "the minion is stopping; call again later"
+        if request.deadline < time.time():
+            return Code.EXPIRED, "the request's deadline passed while it waited for a free slot"
+        call_id = env.correlation_id or env.message_id
+        if call_id and call_id in self._calls:
+            return Code.BAD_REQUEST, f"call id {call_id!r} is already in use by a running call"
+        return None
 
     async def _run_call(self, call: InFlightCall, request: MethodRequest, method: Any, caller: Caller) -> None:
         loop = asyncio.get_running_loop()
         try:
             reply = await loop.run_in_executor(self._executor, _invoke, method, request, call.context)
+        except Exception as exc:  # the pool itself failed (shut down): still answer
+            reply = code_reply(Code.INTERNAL_ERROR, f"the call could not run: {exc!r}")
         finally:
             self._slots.release()
         self.audit.record(caller.key, request.full_name, request.args, call.call_id, _outcome(reply))
@@ -407,7 +430,13 @@ class MinionService:
         await asyncio.gather(*(self._send_reply(reply_to, cid, reply, deadline) for reply_to, cid in call.followers))
 
     async def _send_indication(self, reply_to: str, correlation_id: str, item: Reply) -> None:
-        await self.transport.reply(reply_to, self._encode_reply(item, correlation_id))
+        try:
+            env = codec.encode(item, correlation_id=correlation_id, agent=self.settings.name)
+        except (TypeError, ValueError, RecursionError) as exc:
+            _log.warning("dropped an indication that cannot travel: %s", exc)
+            return
+        self.gate.sign(env)
+        await self.transport.reply(reply_to, env)
 
     # --- following and cancelling ----------------------------------------------------
 
@@ -445,7 +474,7 @@ class MinionService:
     def _encode_reply(self, reply: Reply, correlation_id: str | None) -> Envelope:
         try:
             env = codec.encode(reply, correlation_id=correlation_id, agent=self.settings.name)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             fallback = code_reply(Code.RESULT_NOT_SERIALIZABLE, f"the method's result cannot travel: {exc}")
             env = codec.encode(fallback, correlation_id=correlation_id, agent=self.settings.name)
         self.gate.sign(env)
@@ -458,7 +487,11 @@ class MinionService:
         give_up = (deadline or time.time()) + REPLY_GRACE
         while True:
             try:
-                await self.transport.reply(reply_to, env)
+                # the client library waits for a reconnect without limit: bound it
+                await asyncio.wait_for(self.transport.reply(reply_to, env), max(give_up - time.time(), REPLY_RETRY_INTERVAL))
+                return
+            except asyncio.TimeoutError:
+                _log.warning("reply to %s dropped: the broker stayed away past the deadline", reply_to)
                 return
             except TransportError as exc:  # includes Unroutable: the caller may be reconnecting
                 remaining = give_up - time.time()

@@ -273,7 +273,10 @@ class AsyncOverlord:
         call_id = call_id or new_call_id()
 
         async def one(minion: str) -> None:
-            result = await self.call_minion(minion, module, method, args, timeout, call_id=call_id, on_event=events.put_nowait)
+            try:
+                result = await self.call_minion(minion, module, method, args, timeout, call_id=call_id, on_event=events.put_nowait)
+            except Exception as exc:  # e.g. arguments that cannot travel: end this minion's stream
+                result = utils.remote_error(qualified_name(type(exc)), str(exc))
             events.put_nowait(CallEvent(minion, minion_call_id(call_id, minion), result=result, done=True))
 
         tasks = [asyncio.ensure_future(one(m)) for m in targets]

@@ -132,6 +132,9 @@ class RpcClient:
         except SecurityError as exc:
             _log.warning("refused a reply claiming to come from %s (correlation %r): %s", expected, cid, exc)
             return False
+        except (OSError, ValueError) as exc:
+            _log.error("cannot check replies: the CA certificate or CRL cannot be read: %s", exc)
+            return False
         return True
 
     def _envelope(self, message: Request, cid: str, target: str | None) -> Envelope:
@@ -168,7 +171,7 @@ class RpcClient:
             deadline = getattr(message, "deadline", 0) or time.time() + timeout
             try:
                 async with asyncio.timeout(timeout):
-                    await self._send(target, env, deadline)
+                    await self._send(target, env, deadline, not isinstance(message, MethodRequest))
                 async with asyncio.timeout(max(deadline - time.time(), 0)):
                     return await future
             except Unroutable:
@@ -182,11 +185,11 @@ class RpcClient:
             self._listeners.pop(cid, None)
             self._targets.pop(cid, None)
 
-    async def _send(self, target: str, env: Envelope, deadline: float) -> None:
+    async def _send(self, target: str, env: Envelope, deadline: float, control: bool) -> None:
         """Send, riding out a broker reconnect until the deadline."""
         while True:
             try:
-                await self.transport.send(target, env)
+                await self.transport.send(target, env, control=control)
                 return
             except Unroutable:
                 raise
@@ -255,7 +258,10 @@ class RpcClient:
         deadline = time.time() + timeout
         try:
             env = self._envelope(AgentLocateRequest(deadline), cid, None)
-            await self.transport.broadcast(env)
+            try:
+                await asyncio.wait_for(self.transport.broadcast(env), timeout)
+            except asyncio.TimeoutError:
+                return found  # the broker is away: nobody can answer
             while True:
                 remaining = deadline - time.time()
                 if expected and expected <= found.keys():

@@ -37,6 +37,7 @@ DEAD_LETTER_MAX_LENGTH = 10_000
 
 MINION_QUEUE_PREFIX = "func.minion."
 PRESENCE_QUEUE_SUFFIX = ".presence"
+CONTROL_KEY_SUFFIX = ".control"
 REPLY_QUEUE_PREFIX = "func.reply."
 HEARTBEAT_KEY_PREFIX = "agent.heartbeat."
 
@@ -49,6 +50,12 @@ def minion_queue(name: str) -> str:
 def minion_presence_queue(name: str) -> str:
     """The queue a minion receives broadcasts (agent locate) on."""
     return MINION_QUEUE_PREFIX + name + PRESENCE_QUEUE_SUFFIX
+
+
+def control_key(name: str) -> str:
+    """Routing key for a minion's control requests (cancel, follow, schema queries):
+    they reach its presence queue, whose window calls waiting for a slot cannot fill."""
+    return name + CONTROL_KEY_SUFFIX
 
 
 def heartbeat_key(name: str) -> str:

@@ -283,9 +283,11 @@ class Amqp091Transport(Transport):
             await presence.consume(on_message)
             await queue.bind(names.MINIONS_EXCHANGE, routing_key=name)
             await presence.bind(names.BROADCAST_EXCHANGE)
+            await presence.bind(names.MINIONS_EXCHANGE, routing_key=names.control_key(name))
             self._bindings = [
                 (queue, names.MINIONS_EXCHANGE, name),
                 (presence, names.BROADCAST_EXCHANGE, presence.name),
+                (presence, names.MINIONS_EXCHANGE, names.control_key(name)),
             ]
 
     async def stop_serving(self) -> None:
@@ -316,8 +318,9 @@ class Amqp091Transport(Transport):
             await queue.consume(on_message, no_ack=True)
         return name
 
-    async def send(self, target: str, envelope: Envelope) -> None:
-        await self._publish_to(self._minions, target, envelope, f"minion {target!r} is not connected", True)
+    async def send(self, target: str, envelope: Envelope, *, control: bool = False) -> None:
+        key = names.control_key(target) if control else target
+        await self._publish_to(self._minions, key, envelope, f"minion {target!r} is not connected", True)
 
     async def broadcast(self, envelope: Envelope) -> None:
         await self._publish_to(self._broadcast, "", envelope, "cannot broadcast", False)

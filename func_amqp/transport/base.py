@@ -104,8 +104,12 @@ class Transport(abc.ABC):
         """Create this client's reply address; replies arrive at ``handler``."""
 
     @abc.abstractmethod
-    async def send(self, target: str, envelope: Envelope) -> None:
-        """Send a request to minion ``target``; raises Unroutable if none is connected."""
+    async def send(self, target: str, envelope: Envelope, *, control: bool = False) -> None:
+        """Send a request to minion ``target``; raises Unroutable if none is connected.
+
+        ``control`` requests (cancel, follow, queries) take a route of their own, so a
+        minion whose call slots are all taken still receives them.
+        """
 
     @abc.abstractmethod
     async def broadcast(self, envelope: Envelope) -> None:

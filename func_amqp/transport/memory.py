@@ -112,7 +112,7 @@ class MemoryTransport(Transport):
 
     def _deliver(self, minion: _Minion, env: Envelope, *, broadcast: bool = False) -> None:
         env = copy.deepcopy(env)
-        if broadcast:  # broadcasts have their own queue and window, as on the broker
+        if broadcast:  # broadcasts and control requests have their own queue and window
             self._spawn(minion.handler, _MemoryDelivery(env, self._hub, None))
             return
 
@@ -154,12 +154,12 @@ class MemoryTransport(Transport):
         self._hub.replies[name] = (handler, self)
         return name
 
-    async def send(self, target: str, envelope: Envelope) -> None:
+    async def send(self, target: str, envelope: Envelope, *, control: bool = False) -> None:
         self._check()
         minion = self._hub.minions.get(target)
         if minion is None:
             raise Unroutable(f"minion {target!r} is not connected: no queue is bound at that address")
-        self._deliver(minion, envelope)
+        self._deliver(minion, envelope, broadcast=control)
 
     async def broadcast(self, envelope: Envelope) -> None:
         self._check()

@@ -55,6 +55,11 @@ class Probe(FuncModule):
     def not_json(self) -> float:
         return float("nan")
 
+    def odd_progress(self) -> str:
+        progress.report("odd", current=float("nan"), total=object())  # type: ignore[arg-type]
+        time.sleep(0.3)  # long enough for the indication to be flushed
+        return "fine"
+
 
 class Chatty(FuncModule):
     """Reports progress and logs; waits to be cancelled."""
@@ -159,9 +164,9 @@ async def raw(url: str, minion: MinionService) -> AsyncIterator[RawClient]:
     await client.transport.close()
 
 
-def request_env(raw: RawClient, module: str, method: str, args: list, deadline: float | None = None) -> Envelope:
+def request_env(raw: RawClient, module: str, method: str, args: list, deadline: float | None = None, cid: str = "c1") -> Envelope:
     msg = MethodRequest(module, method, args, deadline or time.time() + 10, "m1")
-    return codec.encode(msg, correlation_id="c1", reply_to=raw.reply_to)
+    return codec.encode(msg, correlation_id=cid, reply_to=raw.reply_to)
 
 
 def error_code(env: Envelope) -> int:
@@ -416,3 +421,31 @@ async def test_an_agent_that_is_no_minion_stays_out_of_discovery(url: str, overl
     finally:
         await agent.stop(grace=1)
         await transport.close()
+
+
+async def test_cancel_reaches_a_minion_whose_slots_are_all_taken(overlord: AsyncOverlord) -> None:
+    """Control requests take their own route: queued calls cannot hold them up."""
+    running = [asyncio.ensure_future(overlord.call("chatty", "until_cancelled", call_id=f"full{i}")) for i in range(CONCURRENCY)]
+    queued = asyncio.ensure_future(overlord.call("probe", "slow", 0.1))
+    await asyncio.sleep(0.3)
+    assert await overlord.cancel("full0", timeout=2) == {"m1": True}
+    assert (await running[0]) == {"m1": "noticed"}
+    for i in range(1, CONCURRENCY):
+        await overlord.cancel(f"full{i}", timeout=2)
+    await asyncio.gather(*running[1:], queued)
+
+
+async def test_a_call_waiting_for_a_slot_at_shutdown_is_refused(url: str, minion: MinionService, raw: RawClient) -> None:
+    for i in range(CONCURRENCY):
+        await raw.send(request_env(raw, "probe", "slow", [0.5], cid=f"busy{i}"))
+    waiting = request_env(raw, "probe", "record", ["late"], cid="waiting")
+    await raw.send(waiting)
+    await asyncio.sleep(0.1)
+    await minion.stop(grace=5)
+    replies = [codec.decode(await raw.reply(), 1 << 20) for _ in range(CONCURRENCY + 1)]
+    assert any(isinstance(r, ExceptionResponse) and r.code == Code.SHUTTING_DOWN for r in replies), replies
+    assert "late" not in CALLED
+
+
+async def test_progress_values_that_cannot_travel_do_not_fail_the_call(overlord: AsyncOverlord) -> None:
+    assert await overlord.call("probe", "odd_progress") == {"m1": "fine"}
