@@ -39,7 +39,7 @@ from typing import Any
 
 from func_amqp import errors
 from func_amqp.minion import process, progress
-from func_amqp.minion.modules.func_module import FuncModule, current_paths
+from func_amqp.minion.modules.func_module import FuncModule, current_paths, write_text_atomic
 
 # --- statuses -----------------------------------------------------------------------------
 
@@ -753,26 +753,15 @@ def package_entry_from_filename(filename: str) -> dict[str, Any]:
 def write_results_json(result_dir: Path, packages: Sequence[Mapping[str, Any]]) -> Path:
     """Copr's ``results.json``: ``{"packages": [{name, epoch, version, release, arch}...]}``."""
     path = result_dir / RESULTS_JSON
-    _write_atomically(path, json.dumps({"packages": [dict(p) for p in packages]}, indent=4) + "\n")
+    write_text_atomic(path, json.dumps({"packages": [dict(p) for p in packages]}, indent=4) + "\n")
     return path
 
 
 def write_success(result_dir: Path) -> Path:
     """Copr's success marker: the backend treats a build without it as failed."""
     path = result_dir / SUCCESS_FILE
-    _write_atomically(path, "done")
+    write_text_atomic(path, "done")
     return path
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def tail_lines(path: Path, count: int = LOG_TAIL_LINES) -> list[str]:

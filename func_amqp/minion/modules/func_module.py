@@ -11,6 +11,7 @@ is used, so a module can be instantiated (and tested) anywhere.
 from __future__ import annotations
 
 import configparser
+import io
 import functools
 import inspect
 import logging
@@ -91,6 +92,19 @@ def _parser_for(default: Any) -> Callable[[str], Any]:
 _OPTION_TYPES = (str, int, float, bool, tuple, list, type(None))
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step: readers see the old file or the new
+    one, never half of it. For modules too (results, markers, pages)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 class BaseConfig:
     """Declarative options: each public class attribute is an option and its default.
 
@@ -150,14 +164,9 @@ class BaseConfig:
         parser = configparser.ConfigParser(interpolation=None)
         parser[SECTION] = {name: _format_value(value) for name, value in self.items()}
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                parser.write(fh)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        text = io.StringIO()
+        parser.write(text)
+        write_text_atomic(path, text.getvalue())
 
     def __setattr__(self, name: str, value: Any) -> None:
         self._check_known(name)
