@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from func_amqp.errors import AccessToMethodDenied
+from func_amqp.errors import AccessToMethodDenied, Code, SecurityError
 from func_amqp.minion.acl import Acl
 from func_amqp.protocol.envelope import Envelope
 from func_amqp.protocol.messages import Opcode
@@ -63,7 +63,13 @@ class MinionSecurity:
         expected_target = None if opcode in BROADCAST_OPCODES else self.name
         store = self.trust.store()
         identity = store.verify(env, expected_target=expected_target)
-        self.replay.check_envelope(env, identity)
+        try:
+            self.replay.check_envelope(env, identity)
+        except SecurityError as exc:
+            # the broker requeued it (consumer timeout, channel closed) before it was
+            # accepted, so it never ran: its nonce was seen, but this is no replay
+            if exc.code != Code.REPLAYED or not env.redelivered:
+                raise
         is_ca = identity.certificate == store.ca_certificate
         return Caller(acl_key(identity.certificate), identity.cn, is_ca)
 

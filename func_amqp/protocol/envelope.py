@@ -25,3 +25,5 @@ class Envelope:
     content_type: str | None = None
     app_id: str | None = None
     headers: dict[str, HeaderValue] = field(default_factory=dict)
+    redelivered: bool = False
+    """Set by the broker (never by a sender) on a message it delivers again."""

@@ -113,6 +113,7 @@ def _to_envelope(msg: AbstractIncomingMessage) -> Envelope:
         content_type=msg.content_type,
         app_id=msg.app_id,
         headers=headers,
+        redelivered=bool(msg.redelivered),
     )
 
 
