@@ -6,7 +6,6 @@ that records its progress reports and log lines, as the minion would forward the
 
 from __future__ import annotations
 
-import http.server
 import importlib
 import json
 import os
@@ -27,7 +26,7 @@ from func_amqp.errors import ArgumentError
 from func_amqp.minion import progress
 from func_amqp.minion.loader import shipped_modules_dir
 from func_amqp.minion.modules import func_module
-from tests.rpm_support import FAKE_MOCK, HELLO_SPEC, MISSING_RPM_TOOLS, build_srpm, write_spec
+from tests.rpm_support import FAKE_MOCK, HELLO_SPEC, MISSING_RPM_TOOLS, QuietHandler, build_srpm, serve_directory, write_spec
 
 pytestmark = pytest.mark.skipif(MISSING_RPM_TOOLS is not None, reason=MISSING_RPM_TOOLS or "")
 
@@ -343,7 +342,7 @@ def test_list_chroots(fake_mock: Any, tmp_path: Path) -> None:
 # --- downloads ----------------------------------------------------------------------------------
 
 
-class _Handler(http.server.SimpleHTTPRequestHandler):
+class _Handler(QuietHandler):
     """Serves files; ``/stream/<name>`` sends one without a Content-Length."""
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
@@ -355,9 +354,6 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             return
         super().do_GET()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        pass
-
 
 @pytest.fixture
 def http_root(tmp_path: Path, srpms: dict[str, Path]) -> Iterator[str]:
@@ -365,16 +361,8 @@ def http_root(tmp_path: Path, srpms: dict[str, Path]) -> Iterator[str]:
     root = tmp_path / "www"
     root.mkdir()
     shutil.copy(srpms["hello"], root)
-    handler = lambda *a, **k: _Handler(*a, directory=str(root), **k)  # noqa: E731
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serve_directory(root, _Handler) as url:
+        yield url.rstrip("/")
 
 
 @pytest.fixture(autouse=True)
