@@ -488,7 +488,9 @@ class MinionService:
         while True:
             try:
                 # the client library waits for a reconnect without limit: bound it
-                await asyncio.wait_for(self.transport.reply(reply_to, env), max(give_up - time.time(), REPLY_RETRY_INTERVAL))
+                # (asyncio.timeout, unlike wait_for, needs no task of its own per reply)
+                async with asyncio.timeout(max(give_up - time.time(), REPLY_RETRY_INTERVAL)):
+                    await self.transport.reply(reply_to, env)
                 return
             except asyncio.TimeoutError:
                 _log.warning("reply to %s dropped: the broker stayed away past the deadline", reply_to)
