@@ -11,6 +11,8 @@ import subprocess
 from typing import Any
 
 from func_amqp.minion.modules.func_module import FuncModule
+from func_amqp.minion import progress
+from func_amqp.minion.process import ended_by_cancel
 
 ENCODING = "utf-8"
 
@@ -27,25 +29,26 @@ class Command(FuncModule):
     description = "Works with shell commands."
 
     def run(self, command: str, env: dict[str, str] | None = None) -> list[Any]:
-        """Run a shell command line; return [return code, stdout, stderr].
+        """Run a shell command line; return [return code, stdout, stderr]. A cancel
+        ends it (SIGTERM to its process group).
 
         Not for interactive commands: stdin is empty. ``env``, when given, is the
         whole environment of the command, as in func. Output that is not UTF-8 is
         decoded with replacement characters so that it can always travel.
         """
-        completed = subprocess.run(
+        proc = subprocess.Popen(
             command,
             shell=True,
             env=env or None,
             stdin=subprocess.DEVNULL,
-            capture_output=True,
-            check=False,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # a cancel ends the command and everything it started
         )
-        return [
-            completed.returncode,
-            completed.stdout.decode(ENCODING, errors="replace"),
-            completed.stderr.decode(ENCODING, errors="replace"),
-        ]
+        with ended_by_cancel(proc.pid):
+            stdout, stderr = proc.communicate()
+        progress.check_cancelled()  # ended by a cancel: say so, not "exit status -15"
+        return [proc.returncode, stdout.decode(ENCODING, errors="replace"), stderr.decode(ENCODING, errors="replace")]
 
     def exists(self, command: str) -> bool:
         """Whether ``command`` is the path of an executable file."""

@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from func_amqp.minion import progress
 
@@ -46,7 +46,7 @@ class ProcessResult:
         return self.returncode == 0 and not self.timed_out and not self.cancelled
 
 
-def _signal_group(pgid: int, sig: int) -> None:
+def signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
@@ -80,7 +80,19 @@ class _Escalation:
     def _send(self, sig: int) -> None:
         if sig not in self._sent:
             self._sent.add(sig)
-            _signal_group(self.pgid, sig)
+            signal_group(self.pgid, sig)
+
+
+@contextlib.contextmanager
+def ended_by_cancel(pid: int) -> Iterator[None]:
+    """While inside, a cancel of the current call ends process group ``pid`` (SIGTERM),
+    and a forced stop kills it: for modules that run a child their own way."""
+    context = progress.current_call()
+    with contextlib.ExitStack() as hooks:
+        if context is not None:
+            hooks.enter_context(context.on_cancel(lambda: signal_group(pid, signal.SIGTERM)))
+            hooks.enter_context(context.on_kill(lambda: signal_group(pid, signal.SIGKILL)))
+        yield
 
 
 def run(
@@ -123,7 +135,7 @@ def run(
         with contextlib.ExitStack() as hooks:
             if context is not None:
                 hooks.enter_context(context.on_cancel(escalation.begin))
-                hooks.enter_context(context.on_kill(lambda: _signal_group(proc.pid, signal.SIGKILL)))
+                hooks.enter_context(context.on_kill(lambda: signal_group(proc.pid, signal.SIGKILL)))
             eof = False
             while not eof or proc.poll() is None:
                 try:
@@ -148,9 +160,9 @@ def run(
                     time.sleep(POLL_INTERVAL)
     finally:
         if proc.poll() is None:  # the caller's thread is leaving: leave nothing behind
-            _signal_group(proc.pid, signal.SIGKILL)
+            signal_group(proc.pid, signal.SIGKILL)
         proc.wait()
-        _signal_group(proc.pid, signal.SIGKILL)  # orphans left in the group
+        signal_group(proc.pid, signal.SIGKILL)  # orphans left in the group
         reader.join(READER_JOIN_TIMEOUT)
         if proc.stdout is not None:
             proc.stdout.close()

@@ -15,8 +15,6 @@ import io
 import functools
 import inspect
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -30,6 +28,7 @@ from func_amqp.config import (
     read_section,
 )
 from func_amqp.errors import ConfigError
+from func_amqp.files import write_text_atomic
 from func_amqp.minion.func_arg import validate_registration
 
 LOGGER_NAME = "func_amqp.modules"
@@ -90,19 +89,6 @@ def _parser_for(default: Any) -> Callable[[str], Any]:
 
 
 _OPTION_TYPES = (str, int, float, bool, tuple, list, type(None))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` in one step: readers see the old file or the new
-    one, never half of it. For modules too (results, markers, pages)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 class BaseConfig:
