@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from func_amqp.errors import ConfigError
+from func_amqp.protocol.names import MAX_TAGS, valid_tag
 
 ENV_CONFIG_DIR = "FUNC_AMQP_CONFIG_DIR"
 ENV_STATE_DIR = "FUNC_AMQP_STATE_DIR"
@@ -120,6 +121,15 @@ class Paths:
     def acl_dir(self) -> Path:
         """func's minion-acl.d: ``*.acl`` files granting certificates methods."""
         return self.config_dir / "minion-acl.d"
+
+    def job_ledger(self, minion: str) -> Path:
+        """The jobs minion ``minion`` has started and how they ended (its idempotency keys)."""
+        return self.state_dir / "job-ledgers" / f"{minion}.jsonl"
+
+    @property
+    def job_store_dir(self) -> Path:
+        """The overlord's record of the jobs it submitted, one file each (docs/jobs.md)."""
+        return self.state_dir / "jobs"
 
     @property
     def minion_directory_file(self) -> Path:
@@ -244,6 +254,49 @@ class MinionConfig(_Section):
     certmaster: str = "certmaster"
     certmaster_poll_interval: float = _positive(10.0)
     crl_refresh_interval: float = _positive(300.0)
+    # durable jobs and builder pools (docs/jobs.md)
+    jobs: bool = True
+    pools: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+
+    def validate(self, source: str) -> None:
+        super().validate(source)
+        self.pool_slots
+        self.tag_map
+
+    @property
+    def pool_slots(self) -> dict[str, int]:
+        """``pools = builders:2, other`` as ``{"builders": 2, "other": 1}``."""
+        slots: dict[str, int] = {}
+        for item in self.pools:
+            name, sep, count = item.partition(":")
+            try:
+                number = int(count) if sep else 1
+            except ValueError:
+                number = 0
+            if not valid_tag(name) or number < 1:
+                raise ConfigError(
+                    f"invalid pool {item!r} in minion.conf: write NAME or NAME:SLOTS, NAME in lower-case "
+                    "letters, digits, '.', '-' and '_', SLOTS a whole number from 1"
+                )
+            slots[name] = number
+        return slots
+
+    @property
+    def tag_map(self) -> dict[str, str]:
+        """``tags = arch=x86_64, distro=fedora-40`` as a dict."""
+        tags: dict[str, str] = {}
+        for item in self.tags:
+            key, sep, value = item.partition("=")
+            if not (sep and valid_tag(key) and valid_tag(value)):
+                raise ConfigError(
+                    f"invalid tag {item!r} in minion.conf: write NAME=VALUE, both in lower-case "
+                    "letters, digits, '.', '-' and '_'"
+                )
+            tags[key] = value
+        if len(tags) > MAX_TAGS:
+            raise ConfigError(f"minion.conf names {len(tags)} tags; at most {MAX_TAGS} are supported")
+        return tags
 
 
 @dataclass(frozen=True)
@@ -258,6 +311,10 @@ class OverlordConfig(_Section):
     key_file: str = ""
     cert_file: str = ""
     ca_file: str = ""
+    job_owner: str = ""
+    """Whose event queue this overlord's jobs report to (default: user.host)."""
+    job_ttl: float = _positive(24 * 3600.0)
+    """Seconds a job may wait for its minion (or a pool member) before it expires."""
 
     @property
     def default_timeout(self) -> float:

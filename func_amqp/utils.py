@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import traceback as _traceback
 
-from func_amqp.errors import qualified_name
+from typing import Any
+
+from func_amqp.errors import Code, RemoteCallError, RemoteError, qualified_name
 
 REMOTE_ERROR = "REMOTE_ERROR"
 
@@ -27,3 +29,16 @@ def nice_exception(exc: BaseException) -> list[str]:
     """The ``REMOTE_ERROR`` value for ``exc``; the traceback as Python prints it."""
     text = "".join(_traceback.format_exception(type(exc), exc, exc.__traceback__))
     return remote_error(qualified_name(type(exc)), str(exc), text)
+
+
+def remote_error_value(exc: RemoteCallError) -> list[Any]:
+    """func's REMOTE_ERROR list for a failed call."""
+    if isinstance(exc, RemoteError):
+        etype = exc.exception_type
+        if not etype:
+            try:
+                etype = f"{qualified_name(RemoteError)}.{Code(exc.code).name}"
+            except ValueError:
+                etype = qualified_name(RemoteError)
+        return remote_error(etype, exc.text, exc.traceback)
+    return remote_error(qualified_name(type(exc)), str(exc))

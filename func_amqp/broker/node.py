@@ -47,6 +47,7 @@ from cryptography import x509
 
 from func_amqp.config import Paths
 from func_amqp.errors import BrokerError
+from func_amqp.files import write_text_atomic
 from func_amqp.protocol import names
 from func_amqp.security.ca import CertificateAuthority
 from func_amqp.security.keys import (
@@ -92,6 +93,9 @@ PORT_PICK_ATTEMPTS = 200
 DIST_LOOPBACK_ARGS = "-kernel inet_dist_use_interface {127,0,0,1}"
 
 CONFIG_BASENAME = "rabbitmq"  # RabbitMQ appends ".conf"
+CONSUMER_TIMEOUT_MS = 7 * 24 * 3600 * 1000
+"""A job is acknowledged when it has finished, so a build may hold its delivery for
+hours: RabbitMQ's default (30 minutes) would close the builder's channel under it."""
 ADVANCED_CONFIG_FILE = "advanced.config"
 CONF_ENV_FILE = "rabbitmq-env.conf"
 ENABLED_PLUGINS_FILE = "enabled_plugins"
@@ -439,13 +443,12 @@ class PrivateBroker:
                 "ssl_options.fail_if_no_peer_cert = true\n"
                 "auth_mechanisms.1 = EXTERNAL\n"
                 "ssl_cert_login_from = common_name\n"
-                "loopback_users.guest = true\n"
             )
         else:
             conf = (
                 f"listeners.tcp.default = {LISTEN_HOST}:{state.amqp}\n"
-                "loopback_users.guest = true\n"
             )
+        conf += f"loopback_users.guest = true\nconsumer_timeout = {CONSUMER_TIMEOUT_MS}\n"
         _write_atomic(self.directory / f"{CONFIG_BASENAME}.conf", conf)
         plugins = self.directory / ENABLED_PLUGINS_FILE
         if not plugins.exists():
@@ -898,9 +901,7 @@ def _pick_port(bounds: tuple[int, int], exclude: int | None) -> int:
 
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def _proc_entries() -> Iterator[int]:

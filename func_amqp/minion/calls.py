@@ -39,6 +39,8 @@ class InFlightCall:
         self.followers: list[tuple[str, str]] = []
         self.last_progress: ProgressIndication | None = None
         self.finished = False
+        self.on_progress: Callable[[ProgressIndication], None] | None = None
+        """Told each new phase as it is sent (a job reports it to the job's owner too)."""
         self._send = send_indication
         self._loop = asyncio.get_running_loop()
         self._pending_progress: ProgressIndication | None = None
@@ -97,6 +99,8 @@ class InFlightCall:
         if self._pending_progress is not None:
             self.last_progress, self._pending_progress = self._pending_progress, None
             self._queue(self.last_progress)
+            if self.on_progress is not None:
+                self.on_progress(self.last_progress)
 
     def _queue_to(self, reply_to: str, correlation_id: str, item: ProgressIndication) -> None:
         """The current phase for one new follower, sent in order with the rest."""

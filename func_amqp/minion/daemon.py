@@ -18,6 +18,7 @@ from func_amqp.errors import ConfigError
 from func_amqp.minion.acl import Acl
 from func_amqp.minion.audit import AuditLog
 from func_amqp.minion.enrollment import enroll, keep_crl_current
+from func_amqp.minion.jobs import JobLedger, JobWorker
 from func_amqp.minion.loader import load_modules
 from func_amqp.minion.modules.func_module import configure
 from func_amqp.minion.server import AmqpInterface
@@ -91,6 +92,7 @@ class Minion:
             max_concurrent_calls=self.config.max_concurrent_calls,
             heartbeat_interval=self.config.heartbeat_interval,
             max_message_bytes=self.config.max_message_bytes,
+            job_slots=sum(self.config.pool_slots.values()),
         )
 
     # --- security ---------------------------------------------------------------------
@@ -151,6 +153,17 @@ class Minion:
             return AuditLog(None)
         return AuditLog(Path(configured) if configured else self.paths.audit_log)
 
+    def job_worker(self, service: MinionService) -> JobWorker | None:
+        """Takes this minion's durable jobs and its pools' jobs, when the broker keeps them."""
+        cfg = self.config
+        if not (cfg.jobs or cfg.pool_slots):
+            return None
+        if not service.transport.keeps_jobs:
+            _log.warning("%s keeps no durable jobs: this minion takes interactive calls only", service.transport.url)
+            return None
+        ledger = JobLedger(self.paths.job_ledger(self.name))
+        return JobWorker(service, ledger, direct=cfg.jobs, pools=cfg.pool_slots, tags=cfg.tag_map)
+
     async def _secure(self, transport: Transport, background: set[asyncio.Task[None]]) -> Gate:
         """Enroll if needed, keep the CRL fresh, and return the gate requests pass."""
         if not self.config.require_signatures:
@@ -180,6 +193,7 @@ class Minion:
             if gate is None:
                 return
             service = MinionService(transport, self.interface, self.settings(), gate=gate, audit=self.audit_log())
+            service.jobs = self.job_worker(service)
             await service.start()
             _log.info("minion %s connected to %s", self.name, transport.url)
             await stop.wait()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from func_amqp.errors import AccessToMethodDenied, Code, SecurityError
 from func_amqp.minion.acl import Acl
+from func_amqp.protocol import names
 from func_amqp.protocol.envelope import Envelope
 from func_amqp.protocol.messages import Opcode
 from func_amqp.security.identity import TrustSource, acl_key
@@ -61,6 +62,11 @@ class MinionSecurity:
     def authenticate(self, env: Envelope, opcode: Opcode) -> Caller:
         """The request's signer; raises SecurityError with the code to answer with."""
         expected_target = None if opcode in BROADCAST_OPCODES else self.name
+        target = env.headers.get(names.H_TARGET)
+        if opcode is Opcode.CANCEL_REQUEST and target == names.ANY_MINION:
+            expected_target = names.ANY_MINION  # a job-wide cancel, for whoever has the job
+        elif opcode is Opcode.METHOD_REQUEST and isinstance(target, str) and target.startswith("@"):
+            expected_target = target  # a pool job; the job worker checks it is one of our pools
         store = self.trust.store()
         identity = store.verify(env, expected_target=expected_target)
         try:

@@ -22,7 +22,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import func_amqp
 from func_amqp.errors import (
@@ -88,6 +88,8 @@ class ServiceSettings:
     max_concurrent_calls: int = 16
     heartbeat_interval: float = 30.0
     max_message_bytes: int = 16 * 1024 * 1024
+    job_slots: int = 0
+    """Call slots of the builder pools this minion serves, beyond ``max_concurrent_calls``."""
     discoverable: bool = True
     """False for agents that are not minions (the certmaster): locate gets no answer,
     so they never appear among the minions a spec like ``*`` names."""
@@ -158,6 +160,16 @@ def _invoke(method: Any, request: MethodRequest, context: CallContext) -> Reply:
             return exception_reply(exc)
 
 
+class JobTaker(Protocol):
+    """What the service needs of its job worker (func_amqp.minion.jobs.JobWorker)."""
+
+    async def start(self) -> None: ...
+
+    async def pause(self) -> None: ...
+
+    def cancel(self, call_id: str, caller: Caller) -> bool: ...
+
+
 class MinionService:
     """Serves one minion name on one transport."""
 
@@ -178,12 +190,14 @@ class MinionService:
         self.started = time.time()
         self._slots = asyncio.Semaphore(settings.max_concurrent_calls)
         self._executor = ThreadPoolExecutor(
-            max_workers=settings.max_concurrent_calls, thread_name_prefix="func-call"
+            max_workers=settings.max_concurrent_calls + settings.job_slots, thread_name_prefix="func-call"
         )
         self._inflight: set[asyncio.Task[None]] = set()
         self._calls: dict[str, InFlightCall] = {}
         self._heartbeat: asyncio.Task[None] | None = None
         self._stopping = False
+        self.jobs: JobTaker | None = None
+        """Takes durable jobs when the minion serves them (func_amqp.minion.jobs)."""
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -191,6 +205,8 @@ class MinionService:
         await self.transport.serve_minion(
             self.settings.name, self._on_delivery, prefetch=self.settings.max_concurrent_calls
         )
+        if self.jobs is not None:
+            await self.jobs.start()
         self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
         _log.info("minion %s serving %d modules", self.settings.name, len(self.interface.modules))
 
@@ -200,6 +216,9 @@ class MinionService:
         # both wait for the broker while it is away: bounded, the shutdown goes on
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.transport.stop_serving(), STOP_STEP_TIMEOUT)
+        if self.jobs is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.jobs.pause(), STOP_STEP_TIMEOUT)
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         with contextlib.suppress(asyncio.TimeoutError):
@@ -216,6 +235,20 @@ class MinionService:
                     for call in list(self._calls.values()):
                         call.context.kill()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
+    def call_slots_full(self) -> bool:
+        return self._slots.locked()
+
+    async def acquire_call_slot(self) -> None:
+        await self._slots.acquire()
+
+    def release_call_slot(self) -> None:
+        self._slots.release()
 
     @property
     def busy(self) -> bool:
@@ -304,7 +337,7 @@ class MinionService:
                 return
             answer: Reply = AgentLocateResponse(self.agent_info())
         elif isinstance(request, CancelRequest):
-            answer = self._cancel(request)
+            answer = self._cancel(request, caller)
         else:  # schema answers run module code (register_method_args): off the loop,
             # and not in the call pool, which long calls may fill
             answer = await asyncio.to_thread(self._answer, request)
@@ -381,7 +414,7 @@ class MinionService:
             await self._refuse(delivery, *refusal, caller=caller, action=request.full_name, args=request.args)
             return
         call_id = env.correlation_id or env.message_id or uuid.uuid4().hex
-        call = InFlightCall(call_id, request.full_name, self._send_indication)
+        call = InFlightCall(call_id, request.full_name, self.send_indication)
         if env.reply_to:
             call.follow(env.reply_to, call_id)
         self._calls[call_id] = call  # before any await: a duplicate id is refused above
@@ -407,15 +440,21 @@ class MinionService:
         return None
 
     async def _run_call(self, call: InFlightCall, request: MethodRequest, method: Any, caller: Caller) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            reply = await loop.run_in_executor(self._executor, _invoke, method, request, call.context)
-        except Exception as exc:  # the pool itself failed (shut down): still answer
-            reply = code_reply(Code.INTERNAL_ERROR, f"the call could not run: {exc!r}")
+            reply = await self.execute(call, request, method, caller)
         finally:
             self._slots.release()
-        self.audit.record(caller.key, request.full_name, request.args, call.call_id, _outcome(reply))
         await self._finish(call, reply, request.deadline)
+
+    async def execute(self, call: InFlightCall, request: MethodRequest, method: Any, caller: Caller) -> Reply:
+        """Run an accepted call's method off the loop, audited; tracked while it runs."""
+        self._calls[call.call_id] = call
+        try:
+            reply = await asyncio.get_running_loop().run_in_executor(self._executor, _invoke, method, request, call.context)
+        except Exception as exc:  # the pool itself failed (shut down): still answer
+            reply = code_reply(Code.INTERNAL_ERROR, f"the call could not run: {exc!r}")
+        self.audit.record(caller.key, request.full_name, request.args, call.call_id, _outcome(reply))
+        return reply
 
     async def _finish(self, call: InFlightCall, reply: Reply, deadline: float) -> None:
         """Send the final reply to every follower, after the indications before it."""
@@ -429,7 +468,11 @@ class MinionService:
             return
         await asyncio.gather(*(self._send_reply(reply_to, cid, reply, deadline) for reply_to, cid in call.followers))
 
-    async def _send_indication(self, reply_to: str, correlation_id: str, item: Reply) -> None:
+    async def finish(self, call: InFlightCall, reply: Reply) -> None:
+        """Send a finished call's reply to its followers, if it has any."""
+        await self._finish(call, reply, time.time() + REPLY_GRACE)
+
+    async def send_indication(self, reply_to: str, correlation_id: str, item: Reply) -> None:
         try:
             env = codec.encode(item, correlation_id=correlation_id, agent=self.settings.name)
         except (TypeError, ValueError, RecursionError) as exc:
@@ -450,10 +493,10 @@ class MinionService:
             return
         call.follow(env.reply_to, env.correlation_id)
 
-    def _cancel(self, request: CancelRequest) -> Reply:
+    def _cancel(self, request: CancelRequest, caller: Caller) -> Reply:
         call = self._calls.get(request.call_id)
-        if call is None:
-            return MethodResponse(False)
+        if call is None:  # perhaps a job waiting for a slot, or not here yet
+            return MethodResponse(self.jobs is not None and self.jobs.cancel(request.call_id, caller))
         _log.info("cancelling %s (%s)", call.full_name, call.call_id)
         call.context.cancel()
         asyncio.get_running_loop().call_later(CANCEL_GRACE, self._abandon, call)

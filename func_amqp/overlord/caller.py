@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Sequence
 
 from func_amqp import utils
+from func_amqp.utils import remote_error_value
 from func_amqp.config import OverlordConfig, Paths, resolve_broker_url
-from func_amqp.errors import Code, Func_Client_Exception, RemoteCallError, RemoteError, qualified_name
+from func_amqp.errors import Func_Client_Exception, RemoteCallError, qualified_name
 from func_amqp.overlord.directory import MinionDirectory
 from func_amqp.overlord.groups import Groups
 from func_amqp.overlord.rpc import RpcClient
@@ -28,19 +29,6 @@ from func_amqp.overlord.targets import resolve_spec, spec_needs_directory
 from func_amqp.protocol.messages import AgentInfo, Indication, ProgressIndication
 from func_amqp.security.credentials import Credentials, broker_tls, overlord_credentials
 from func_amqp.transport import Transport, transport_for_url
-
-
-def remote_error_value(exc: RemoteCallError) -> list[Any]:
-    """func's REMOTE_ERROR list for a failed call."""
-    if isinstance(exc, RemoteError):
-        etype = exc.exception_type
-        if not etype:
-            try:
-                etype = f"{qualified_name(RemoteError)}.{Code(exc.code).name}"
-            except ValueError:
-                etype = qualified_name(RemoteError)
-        return utils.remote_error(etype, exc.text, exc.traceback)
-    return utils.remote_error(qualified_name(type(exc)), str(exc))
 
 
 CALL_ID_SEPARATOR = ":"
@@ -73,7 +61,7 @@ class CallEvent:
 EventCallback = Callable[[CallEvent], None]
 
 
-def _listener(minion: str, cid: str, on_event: EventCallback) -> Callable[[Indication], None]:
+def event_listener(minion: str, cid: str, on_event: EventCallback) -> Callable[[Indication], None]:
     def listener(indication: Indication) -> None:
         if isinstance(indication, ProgressIndication):
             on_event(CallEvent(minion, cid, progress=indication))
@@ -235,7 +223,7 @@ class AsyncOverlord:
     ) -> Any:
         """One minion's result, or its REMOTE_ERROR value."""
         cid = minion_call_id(call_id or new_call_id(), minion)
-        listener = _listener(minion, cid, on_event) if on_event else None
+        listener = event_listener(minion, cid, on_event) if on_event else None
         try:
             return await self.rpc.call(
                 minion, module, method, list(args), timeout or self.timeout, call_id=cid, on_indication=listener
@@ -310,7 +298,7 @@ class AsyncOverlord:
 
         async def one(minion: str) -> Any:
             cid = minion_call_id(call_id, minion)
-            listener = _listener(minion, cid, on_event) if on_event else None
+            listener = event_listener(minion, cid, on_event) if on_event else None
             try:
                 return await self.rpc.follow(minion, cid, timeout or self.timeout, listener)
             except RemoteCallError as exc:

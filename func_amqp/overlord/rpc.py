@@ -46,6 +46,7 @@ from func_amqp.protocol.messages import (
     SubscribeRequest,
 )
 from func_amqp.security.identity import TrustSource
+from func_amqp.security.keys import common_name
 from func_amqp.security.signing import Signer
 from func_amqp.transport.base import Delivery, Transport
 
@@ -127,21 +128,37 @@ class RpcClient:
             expected = reply.agent.name
         if expected is None:
             return False  # nobody is waiting for it: nothing to verify against
-        try:
-            self._trust.store().verify(env, expected_signer=expected)
-        except SecurityError as exc:
-            _log.warning("refused a reply claiming to come from %s (correlation %r): %s", expected, cid, exc)
-            return False
-        except (OSError, ValueError) as exc:
-            _log.error("cannot check replies: the CA certificate or CRL cannot be read: %s", exc)
-            return False
-        return True
+        return self.verify(env, expected)
 
-    def _envelope(self, message: Request, cid: str, target: str | None) -> Envelope:
-        env = codec.encode(message, correlation_id=cid, reply_to=self._reply_to, target=target)
+    def _envelope(self, message: Request, cid: str, target: str | None, *, answered: bool = True) -> Envelope:
+        env = codec.encode(message, correlation_id=cid, reply_to=self._reply_to if answered else None, target=target)
         if self._signer is not None:
             self._signer.sign(env)
         return env
+
+    def signed(self, message: Request, cid: str, target: str) -> Envelope:
+        """``message`` encoded and signed for ``target``, with no reply address: a job,
+        whose outcome goes to its owner's event queue instead."""
+        return self._envelope(message, cid, target, answered=False)
+
+    def verify(self, env: Envelope, signer: str) -> bool:
+        """Whether ``env`` is signed by ``signer`` (true when this client trusts no CA)."""
+        if self._trust is None:
+            return True
+        try:
+            self._trust.store().verify(env, expected_signer=signer)
+        except SecurityError as exc:
+            _log.warning("refused a message claiming to come from %s: %s", signer, exc)
+            return False
+        except (OSError, ValueError) as exc:
+            _log.error("cannot check signatures: the CA certificate or CRL cannot be read: %s", exc)
+            return False
+        return True
+
+    @property
+    def signer_name(self) -> str:
+        """The common name this client signs as ('' when it does not sign)."""
+        return common_name(self._signer.certificate.subject) if self._signer is not None else ""
 
     # --- one request, one reply ------------------------------------------------------
 

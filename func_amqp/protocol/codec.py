@@ -27,6 +27,9 @@ from func_amqp.protocol.messages import (
     AgentLocateResponse,
     CancelRequest,
     ExceptionResponse,
+    JobEvent,
+    JobState,
+    JobTicket,
     LogIndication,
     Message,
     MethodRequest,
@@ -42,6 +45,8 @@ from func_amqp.protocol.messages import (
 BYTES_TAG = "__bytes__"
 KIND_PROGRESS = "progress"
 KIND_LOG = "log"
+KIND_JOB = "job"
+MAX_JOB_ID_LENGTH = 512
 MAX_LOG_LINES = 10_000
 OBJECT_NAME_PREFIX = "func:module:"
 MAX_NAME_LENGTH = 255
@@ -128,11 +133,14 @@ def _agent_values(agent: AgentInfo) -> dict[str, Any]:
 def _body(message: Message) -> tuple[Opcode, Any]:
     match message:
         case MethodRequest():
-            return Opcode.METHOD_REQUEST, {
+            request: dict[str, Any] = {
                 "_object_id": {"_object_name": OBJECT_NAME_PREFIX + message.module},
                 "_method_name": message.method,
                 "_arguments": {"args": message.args},
             }
+            if message.job is not None:
+                request["_job"] = {"id": message.job.job_id, "owner": message.job.owner}
+            return Opcode.METHOD_REQUEST, request
         case MethodResponse():
             return Opcode.METHOD_RESPONSE, {"_arguments": {"result": message.result}}
         case ExceptionResponse():
@@ -169,11 +177,32 @@ def _body(message: Message) -> tuple[Opcode, Any]:
             }
         case LogIndication():
             return Opcode.DATA_INDICATION, {"_values": {"kind": KIND_LOG, "lines": message.lines}}
+        case JobEvent():
+            return Opcode.DATA_INDICATION, {"_values": job_event_values(message)}
         case SubscribeRequest():
             return Opcode.SUBSCRIBE_REQUEST, {"_call_id": message.call_id}
         case CancelRequest():
             return Opcode.CANCEL_REQUEST, {"_call_id": message.call_id}
     raise TypeError(f"not a protocol message: {message!r}")
+
+
+def job_event_values(event: JobEvent) -> dict[str, Any]:
+    """The event as plain JSON data: its wire form, also how ledgers and stores keep it."""
+    values: dict[str, Any] = {
+        "kind": KIND_JOB,
+        "job_id": event.job_id,
+        "minion": event.minion,
+        "state": event.state.value,
+        "at": event.at,
+        "attempt": event.attempt,
+        "detail": event.detail,
+    }
+    if event.result is not None:
+        opcode, body = _body(event.result)
+        values["result"] = {"opcode": opcode.value, "body": body}
+    if event.progress is not None:
+        values["progress"] = _body(event.progress)[1]["_values"]
+    return values
 
 
 def _deadline(message: Message) -> float | None:
@@ -188,11 +217,13 @@ def encode(
     reply_to: str | None = None,
     agent: str | None = None,
     target: str | None = None,
+    owner: str | None = None,
 ) -> Envelope:
     """The envelope for ``message``; raises TypeError if its data cannot travel.
 
     ``target`` names the minion a request is for (signed, so it cannot be replayed to
-    another); a method request carries its own.
+    another); a method request carries its own. ``owner`` routes a job event to its
+    owner's queue (a job request carries its own).
     """
     opcode, body = _body(message)
     headers: dict[str, Any] = {
@@ -208,6 +239,9 @@ def encode(
         headers[names.H_TARGET] = target
     if agent:
         headers[names.H_AGENT] = agent
+    owner = owner or (message.job.owner if isinstance(message, MethodRequest) and message.job else None)
+    if owner:
+        headers[names.H_OWNER] = owner
     return Envelope(
         body=dumps(body),
         type=opcode.value,
@@ -265,7 +299,24 @@ def _decode_method_request(body: Any, env: Envelope) -> MethodRequest:
     _require(isinstance(args, list), "_arguments.args must be a list")
     _require(env.deadline is not None, f"a method request needs the {names.H_DEADLINE} header")
     target = env.headers.get(names.H_TARGET, "")
-    return MethodRequest(module, method, args, float(env.deadline or 0), str(target))
+    job = None
+    if "_job" in body:
+        ticket = _map(body["_job"], "_job")
+        job = JobTicket(_job_id(ticket.get("id")), _owner(ticket.get("owner")))
+    return MethodRequest(module, method, args, float(env.deadline or 0), str(target), job)
+
+
+def _job_id(value: Any) -> str:
+    _require(
+        isinstance(value, str) and 0 < len(value) <= MAX_JOB_ID_LENGTH and value.isprintable(),
+        f"a job id must be a non-empty printable string of at most {MAX_JOB_ID_LENGTH} characters",
+    )
+    return value
+
+
+def _owner(value: Any) -> str:
+    _require(isinstance(value, str) and names.valid_minion_name(value), "a job owner must be a name like a minion's")
+    return value
 
 
 def _decode_exception(body: Any, env: Envelope) -> ExceptionResponse:
@@ -325,7 +376,7 @@ def _text(value: Any, what: str) -> str:
     return value
 
 
-def _decode_data_indication(body: Any, env: Envelope) -> ProgressIndication | LogIndication:
+def _decode_data_indication(body: Any, env: Envelope) -> ProgressIndication | LogIndication | JobEvent:
     values = _map(_map(body, "the body").get("_values"), "_values")
     kind = values.get("kind")
     if kind == KIND_PROGRESS:
@@ -342,7 +393,53 @@ def _decode_data_indication(body: Any, env: Envelope) -> ProgressIndication | Lo
             f"lines must be a list of at most {MAX_LOG_LINES} strings",
         )
         return LogIndication(lines)
+    if kind == KIND_JOB:
+        return job_event_from_values(values, env)
     raise ProtocolError(f"unknown data indication kind {kind!r}")
+
+
+_JOB_RESULT_OPCODES = {Opcode.METHOD_RESPONSE, Opcode.EXCEPTION}
+
+
+def job_result_from_values(carried: Any, env: Envelope | None = None) -> MethodResponse | ExceptionResponse:
+    """A job's result as :func:`job_event_values` carries it; ProtocolError if malformed."""
+    carried = _map(carried, "result")
+    try:
+        opcode = Opcode(carried.get("opcode"))
+    except ValueError:
+        opcode = None
+    _require(opcode in _JOB_RESULT_OPCODES, "a job result must be a method response or an exception")
+    assert opcode is not None
+    decoded = _DECODERS[opcode](carried.get("body"), env or Envelope(body=b""))
+    assert isinstance(decoded, (MethodResponse, ExceptionResponse))
+    return decoded
+
+
+def job_event_from_values(values: dict[str, Any], env: Envelope | None = None) -> JobEvent:
+    """The event in ``values`` (see :func:`job_event_values`); ProtocolError if malformed."""
+    env = env or Envelope(body=b"")
+    try:
+        state = JobState(values.get("state"))
+    except ValueError:
+        raise ProtocolError(f"unknown job state {values.get('state')!r}") from None
+    attempt = values.get("attempt", 1)
+    _require(isinstance(attempt, int) and not isinstance(attempt, bool) and attempt >= 1, "attempt must be a positive integer")
+    result = job_result_from_values(values["result"], env) if "result" in values else None
+    progress = None
+    if "progress" in values:
+        found = _decode_data_indication({"_values": {**_map(values["progress"], "progress"), "kind": KIND_PROGRESS}}, env)
+        assert isinstance(found, ProgressIndication)
+        progress = found
+    return JobEvent(
+        job_id=_job_id(values.get("job_id")),
+        minion=_name(values.get("minion"), "minion"),
+        state=state,
+        at=_number(values.get("at", 0), "at"),
+        attempt=attempt,
+        result=result,
+        progress=progress,
+        detail=_text(values.get("detail", ""), "detail"),
+    )
 
 
 MAX_CALL_ID_LENGTH = 2 * MAX_NAME_LENGTH  # "<call id>:<minion name>"

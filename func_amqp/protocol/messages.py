@@ -31,6 +31,15 @@ class QueryTarget(str, enum.Enum):
 
 
 @dataclass(frozen=True)
+class JobTicket:
+    """What makes a method request a job: an id that is also its idempotency key, and the
+    owner whose durable event queue learns every state of it. Signed with the request."""
+
+    job_id: str
+    owner: str
+
+
+@dataclass(frozen=True)
 class MethodRequest:
     """Call ``module.method(*args)`` on the target minion before ``deadline``."""
 
@@ -39,6 +48,7 @@ class MethodRequest:
     args: list[Any]
     deadline: float
     target: str = ""
+    job: JobTicket | None = None
 
     @property
     def full_name(self) -> str:
@@ -133,7 +143,50 @@ class CancelRequest:
     deadline: float = 0.0
 
 
+class JobState(str, enum.Enum):
+    """Where one minion stands in a job (docs/protocol.md "Jobs")."""
+
+    SENT = "sent"  # recorded by the submitter: in the broker, not yet taken
+    NEVER_REACHED = "never_reached"  # no queue for it: unknown minion, or pool without members
+    ACCEPTED = "accepted"  # taken by a minion, waiting for a free slot
+    STARTED = "started"
+    PROGRESS = "progress"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    EXPIRED = "expired"  # its time to live passed before it could start
+    CANCELLED = "cancelled"
+    DEAD_LETTERED = "dead_lettered"  # given up by the broker after too many deliveries
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_JOB_STATES
+
+
+FINAL_JOB_STATES = frozenset(
+    {JobState.NEVER_REACHED, JobState.SUCCEEDED, JobState.FAILED, JobState.EXPIRED, JobState.CANCELLED, JobState.DEAD_LETTERED}
+)
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """A minion's new state in a job, published persistently to the job's owner."""
+
+    job_id: str
+    minion: str
+    state: JobState
+    at: float
+    attempt: int = 1
+    """Which delivery of the job this is (more than 1: the broker redelivered it)."""
+    result: MethodResponse | ExceptionResponse | None = None
+    progress: ProgressIndication | None = None
+    detail: str = ""
+
+    @property
+    def redelivered(self) -> bool:
+        return self.attempt > 1
+
+
 Request = MethodRequest | QueryRequest | AgentLocateRequest | SubscribeRequest | CancelRequest
 Indication = ProgressIndication | LogIndication
 Reply = MethodResponse | ExceptionResponse | QueryResponse | AgentLocateResponse | ProgressIndication | LogIndication
-Message = Request | Reply | AgentHeartbeat
+Message = Request | Reply | AgentHeartbeat | JobEvent

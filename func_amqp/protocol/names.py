@@ -35,6 +35,26 @@ DEAD_LETTER_QUEUE = "func.dead-letters"
 
 DEAD_LETTER_MAX_LENGTH = 10_000
 
+JOBS_EXCHANGE = "func.jobs"
+"""Direct exchange for jobs (durable requests): routing key = minion name, bound to the
+minion's durable job queue, which outlives the minion so jobs wait for it."""
+
+POOLS_EXCHANGE = "func.pools"
+"""Direct exchange for pool jobs: routing key = :func:`pool_key` of the pool and the
+tags a job requires, bound to the pool queue of that key."""
+
+JOB_EVENTS_EXCHANGE = "func.job-events"
+"""Headers exchange: job events (and dead-lettered job requests) are routed to their
+owner's durable queue by the ``x-func-amqp-owner`` header."""
+
+JOB_QUEUE_PREFIX = "func.jobs."
+POOL_QUEUE_PREFIX = "func.pool."
+JOB_EVENTS_QUEUE_PREFIX = "func.job-events."
+
+POOL_DELIVERY_LIMIT = 3
+"""Deliveries of one pool job before it is dead-lettered: a job that kills every
+builder it touches must not take the whole pool down."""
+
 MINION_QUEUE_PREFIX = "func.minion."
 PRESENCE_QUEUE_SUFFIX = ".presence"
 CONTROL_KEY_SUFFIX = ".control"
@@ -62,6 +82,35 @@ def heartbeat_key(name: str) -> str:
     return HEARTBEAT_KEY_PREFIX + name
 
 
+def job_queue(name: str) -> str:
+    """The durable queue of jobs for minion ``name``."""
+    return JOB_QUEUE_PREFIX + name
+
+
+def pool_key(pool: str, tags: dict[str, str] | None = None) -> str:
+    """The routing key (and queue suffix) of ``pool`` restricted to ``tags``:
+    ``builders`` or ``builders:arch:x86_64:distro:fedora-40``, tags sorted. Names and
+    tags never contain ``:``, and AMQP queue names allow no ``=`` or ``;``."""
+    return ":".join([pool, *(f"{k}:{v}" for k, v in sorted((tags or {}).items()))])
+
+
+def pool_queue(key: str) -> str:
+    return POOL_QUEUE_PREFIX + key
+
+
+ANY_MINION = "*"
+"""The signed target of a request meant for every minion (a job-wide cancel)."""
+
+
+def pool_target(pool: str) -> str:
+    """What a pool job names as its signed target: any member of the pool may run it."""
+    return "@" + pool
+
+
+def job_events_queue(owner: str) -> str:
+    return JOB_EVENTS_QUEUE_PREFIX + owner
+
+
 # --- headers (application properties) ---------------------------------------------------
 
 H_OPCODE = "qmf.opcode"
@@ -72,6 +121,13 @@ H_DEADLINE = "x-func-amqp-deadline"
 """Absolute deadline in integer milliseconds since the epoch (AMQP 0-9-1 clients may
 encode float headers as 32-bit floats, which cannot hold a timestamp)."""
 H_TARGET = "x-func-amqp-target"
+H_OWNER = "x-func-amqp-owner"
+"""Routing only: the owner whose event queue gets a job's events (the signed copy is in
+the request body)."""
+H_DELIVERY_COUNT = "x-delivery-count"
+"""Set by RabbitMQ's quorum queues on a redelivered message."""
+H_DEATH_REASON = "x-first-death-reason"
+"""Set by RabbitMQ on a dead-lettered message: expired, rejected, delivery_limit, ..."""
 
 # signatures (func_amqp.security.signing; docs/protocol.md "Message security")
 H_NONCE = "x-func-amqp-nonce"
@@ -91,3 +147,15 @@ MINION_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,252}[a-z0-9])?$")
 
 def valid_minion_name(name: str) -> bool:
     return bool(MINION_NAME_RE.fullmatch(name))
+
+
+TAG_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+"""Pool names, tag names and tag values: lower case, safe in routing keys and queue names."""
+
+
+MAX_TAGS = 4
+"""Tags one minion may have: it consumes a pool queue for every subset of them (16)."""
+
+
+def valid_tag(text: str) -> bool:
+    return bool(TAG_RE.fullmatch(text))

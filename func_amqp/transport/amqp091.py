@@ -29,6 +29,7 @@ from aio_pika.abc import (
     AbstractRobustExchange,
     AbstractRobustQueue,
 )
+from func_amqp.broker.node import CONSUMER_TIMEOUT_MS
 from func_amqp.errors import BrokerUnreachable, TransportError, Unroutable
 from func_amqp.protocol import names
 from func_amqp.protocol.envelope import Envelope, HeaderValue
@@ -40,6 +41,7 @@ CONNECT_TIMEOUT = 5.0
 RECONNECT_INTERVAL = 1.0
 MIN_EXPIRATION = 0.001  # seconds; AMQP expiration 0 means "deliver now or drop"
 NOT_PERSISTENT = int(aio_pika.DeliveryMode.NOT_PERSISTENT)
+PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
 
 # Failures that mean "the connection or channel is not usable right now".
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -80,7 +82,7 @@ def _quiet(logger_names: tuple[str, ...]) -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _properties(env: Envelope) -> aiormq.spec.Basic.Properties:
+def _properties(env: Envelope, persistent: bool = False) -> aiormq.spec.Basic.Properties:
     """The AMQP properties for ``env``, built directly: this runs for every message sent,
     and aio-pika's ``Message`` would only be an extra copy of the same fields."""
     expiration: str | None = None
@@ -90,7 +92,7 @@ def _properties(env: Envelope) -> aiormq.spec.Basic.Properties:
         content_type=env.content_type,
         content_encoding=names.CONTENT_ENCODING,
         headers=dict(env.headers),
-        delivery_mode=NOT_PERSISTENT,
+        delivery_mode=PERSISTENT if persistent else NOT_PERSISTENT,
         message_id=env.message_id,
         correlation_id=env.correlation_id,
         reply_to=env.reply_to,
@@ -147,6 +149,51 @@ class _Delivery:
         with contextlib.suppress(*CONNECTION_ERRORS, aio_pika.exceptions.MessageProcessError):
             await self._message.reject(requeue=False)
 
+    async def release(self) -> None:
+        with contextlib.suppress(*CONNECTION_ERRORS, aio_pika.exceptions.MessageProcessError):
+            await self._message.reject(requeue=True)
+
+
+def _durable_queue_arguments(delivery_limit: int | None) -> dict[str, Any]:
+    """Quorum queues (replicated in a cluster, durable on one node); what they give up
+    (expired jobs, a poison job past its delivery limit) goes to the owner's event queue."""
+    arguments: dict[str, Any] = {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": names.JOB_EVENTS_EXCHANGE,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+    if delivery_limit is not None:
+        arguments["x-delivery-limit"] = delivery_limit
+    return arguments
+
+
+class _JobConsumer:
+    """One consumer of a durable queue; pausing cancels it, resuming consumes again."""
+
+    def __init__(self, queue: AbstractRobustQueue, handler: Handler) -> None:
+        self._queue = queue
+        self._handler = handler
+        self._tag: str | None = None
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        await self._handler(_Delivery(message))
+
+    async def resume(self) -> None:
+        if self._tag is None:
+            self._tag = await self._queue.consume(self._on_message, arguments=_CONSUMER_ARGUMENTS)
+
+    async def pause(self) -> None:
+        tag, self._tag = self._tag, None
+        if tag is not None:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await self._queue.cancel(tag)
+
+
+_CONSUMER_ARGUMENTS = {"x-consumer-timeout": CONSUMER_TIMEOUT_MS}
+"""RabbitMQ 3.12 and later take the consumer timeout per consumer; older brokers ignore
+it and need ``consumer_timeout`` in rabbitmq.conf (docs/jobs.md)."""
+
 
 class _AutoAcked:
     """A delivery consumed with no_ack: nothing to settle."""
@@ -166,6 +213,8 @@ class _AutoAcked:
 class Amqp091Transport(Transport):
     """The transport for ``amqp://`` and ``amqps://`` URLs."""
 
+    keeps_jobs = True
+
     def __init__(self, url: str, *, connect_timeout: float = CONNECT_TIMEOUT, ssl_context: ssl.SSLContext | None = None) -> None:
         self.url = url
         self._connect_timeout = connect_timeout
@@ -176,6 +225,9 @@ class Amqp091Transport(Transport):
         self._minions: AbstractRobustExchange | None = None
         self._broadcast: AbstractRobustExchange | None = None
         self._events: AbstractRobustExchange | None = None
+        self._jobs: AbstractRobustExchange | None = None
+        self._pools: AbstractRobustExchange | None = None
+        self._job_events: AbstractRobustExchange | None = None
         self._bindings: list[tuple[AbstractRobustQueue, str, str]] = []
 
     # --- connection -----------------------------------------------------------------
@@ -206,7 +258,15 @@ class Amqp091Transport(Transport):
             self._events = await self._publish.declare_exchange(
                 names.EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
             )
-
+            self._jobs = await self._publish.declare_exchange(
+                names.JOBS_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
+            )
+            self._pools = await self._publish.declare_exchange(
+                names.POOLS_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
+            )
+            self._job_events = await self._publish.declare_exchange(
+                names.JOB_EVENTS_EXCHANGE, aio_pika.ExchangeType.HEADERS, durable=True
+            )
         except CONNECTION_ERRORS as exc:
             await self.close()
             raise TransportError(f"cannot set up the broker topology at {masked_url(self.url)}: {exc}") from exc
@@ -246,7 +306,7 @@ class Amqp091Transport(Transport):
             raise _mapped_error(exc, what) from exc
 
     async def _publish_to(
-        self, exchange: AbstractRobustExchange | None, key: str, env: Envelope, what: str, mandatory: bool
+        self, exchange: AbstractRobustExchange | None, key: str, env: Envelope, what: str, mandatory: bool, persistent: bool = False
     ) -> None:
         publish, _ = self._require()
         # straight to the channel underneath, without _mapped's context manager: this
@@ -259,7 +319,7 @@ class Amqp091Transport(Transport):
                 env.body,
                 exchange=exchange.name if exchange is not None else "",
                 routing_key=key,
-                properties=_properties(env),
+                properties=_properties(env, persistent),
                 mandatory=mandatory,
             )
         except LIBRARY_ERRORS as exc:
@@ -358,3 +418,45 @@ class Amqp091Transport(Transport):
                 await handler(_AutoAcked(message))
 
             await queue.consume(on_message, no_ack=True)
+
+    # --- durable jobs ----------------------------------------------------------------
+
+    def _exchange(self, name: str) -> AbstractRobustExchange | None:
+        return {names.JOBS_EXCHANGE: self._jobs, names.POOLS_EXCHANGE: self._pools}.get(name)
+
+    async def serve_jobs(
+        self, queue: str, route: tuple[str, str], handler: Handler, *, prefetch: int, delivery_limit: int | None = None
+    ) -> _JobConsumer:
+        if self._connection is None:
+            raise TransportError("the transport is not connected; call connect() first")
+        async with self._mapped(f"cannot consume the job queue {queue!r}"):
+            channel = await self._connection.channel(publisher_confirms=False)
+            await channel.set_qos(prefetch_count=prefetch)
+            declared = await channel.declare_queue(queue, durable=True, arguments=_durable_queue_arguments(delivery_limit))
+            await declared.bind(route[0], routing_key=route[1])
+            consumer = _JobConsumer(declared, handler)
+            await consumer.resume()
+        return consumer
+
+    async def submit_job(self, route: tuple[str, str], envelope: Envelope) -> None:
+        exchange = self._exchange(route[0])
+        if exchange is None:
+            raise TransportError(f"no job exchange {route[0]!r}")
+        await self._publish_to(exchange, route[1], envelope, f"nothing takes jobs for {route[1]!r}", True, persistent=True)
+
+    async def publish_job_event(self, envelope: Envelope) -> None:
+        owner = envelope.headers.get(names.H_OWNER)
+        await self._publish_to(self._job_events, "", envelope, f"no event queue for job owner {owner!r}", True, persistent=True)
+
+    async def open_job_events(self, owner: str, handler: Handler | None) -> _JobConsumer | None:
+        _, consume = self._require()
+        async with self._mapped(f"cannot open the job event queue of {owner!r}"):
+            queue = await consume.declare_queue(
+                names.job_events_queue(owner), durable=True, arguments={"x-queue-type": "quorum"}
+            )
+            await queue.bind(names.JOB_EVENTS_EXCHANGE, arguments={"x-match": "all", names.H_OWNER: owner})
+            if handler is None:
+                return None
+            consumer = _JobConsumer(queue, handler)
+            await consumer.resume()
+        return consumer

@@ -16,6 +16,7 @@ import abc
 from typing import Awaitable, Callable, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+from func_amqp.errors import TransportError
 from func_amqp.protocol.envelope import Envelope
 
 
@@ -28,6 +29,18 @@ class Delivery(Protocol):
 
     async def reject(self) -> None:
         """Refuse the message for good: it goes to the dead-letter queue."""
+
+    async def release(self) -> None:
+        """Give the message back to its queue, for another consumer (durable jobs)."""
+
+
+class WorkConsumer(Protocol):
+    """A consumer of a durable job queue that its owner can pause while it is busy."""
+
+    async def pause(self) -> None:
+        """Stop receiving; deliveries already received stay with this consumer."""
+
+    async def resume(self) -> None: ...
 
 
 def masked_url(url: str) -> str:
@@ -51,6 +64,8 @@ class Transport(abc.ABC):
     """Base of broker transports (AMQP 0-9-1 now; AMQP 1.0 later, same contract)."""
 
     url: str
+    keeps_jobs: bool = False
+    """True when the broker keeps durable jobs (the ``serve_jobs`` family works)."""
 
     async def __aenter__(self) -> "Transport":
         await self.connect()
@@ -118,3 +133,27 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     async def subscribe_events(self, pattern: str, handler: Handler) -> None:
         """Receive indications whose key matches ``pattern`` (``*``/``#`` wildcards)."""
+
+    # --- durable jobs (docs/protocol.md "Jobs") ------------------------------------------
+    # Persistent, confirmed messages in durable queues that outlive both ends; a
+    # transport without them (the in-memory twin) says so instead of losing jobs.
+
+    def _no_jobs(self) -> TransportError:
+        return TransportError(f"jobs need a broker: {masked_url(self.url)} keeps no durable queues")
+
+    async def serve_jobs(self, queue: str, route: tuple[str, str], handler: Handler, *, prefetch: int, delivery_limit: int | None = None) -> WorkConsumer:
+        """Consume durable queue ``queue`` (created if missing, bound by ``route``:
+        exchange and key), with manual settlement and at most ``prefetch`` unsettled."""
+        raise self._no_jobs()
+
+    async def submit_job(self, route: tuple[str, str], envelope: Envelope) -> None:
+        """Publish a job persistently and confirmed; Unroutable when no queue takes it."""
+        raise self._no_jobs()
+
+    async def publish_job_event(self, envelope: Envelope) -> None:
+        """Publish a job event persistently to its owner's queue (its owner header)."""
+        raise self._no_jobs()
+
+    async def open_job_events(self, owner: str, handler: Handler | None) -> WorkConsumer | None:
+        """Create ``owner``'s durable event queue, and consume it when ``handler`` is given."""
+        raise self._no_jobs()

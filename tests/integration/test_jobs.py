@@ -1,0 +1,231 @@
+"""Durable jobs and builder pools on a real broker: minions stopped, killed, restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from func_amqp.overlord.caller import AsyncOverlord
+from func_amqp.overlord.job_client import JobClient
+from func_amqp.overlord.jobs import JOB_ID_FINISHED, JOB_ID_LOST_IN_SPACE, JOB_ID_PARTIAL, JOB_ID_RUNNING
+from tests.conftest import MinionFactory
+
+pytestmark = pytest.mark.broker
+
+WAIT = 60.0
+
+
+async def _submit(spec: str, module: str, method: str, *args: Any, **kw: Any) -> str:
+    async with AsyncOverlord(spec, timeout=10) as ol:
+        return await JobClient(ol).submit(module, method, list(args), **kw)
+
+
+async def _wait(job_id: str, timeout: float = WAIT) -> tuple[int, Any]:
+    async with AsyncOverlord("*", timeout=10) as ol:
+        return await JobClient(ol).wait(job_id, timeout)
+
+
+async def _record(job_id: str) -> dict[str, Any] | None:
+    async with AsyncOverlord("*", timeout=10) as ol:
+        return await JobClient(ol).record(job_id)
+
+
+def test_a_job_is_collected_by_another_process(minions: MinionFactory, prefix: str) -> None:
+    name = f"{prefix}-1"
+    minions.start(name)
+    job_id = asyncio.run(_submit(name, "test", "add", 1, 2))
+    assert asyncio.run(_wait(job_id)) == (JOB_ID_FINISHED, {name: 3})
+    record = asyncio.run(_record(job_id))
+    assert record is not None and record["minions"][name]["state"] == "succeeded"
+
+
+async def _pool_submit(pool: str, module: str, method: str, *args: Any, tags: dict[str, str] | None = None, ttl: float | None = None) -> str:
+    async with AsyncOverlord("*", timeout=10) as ol:
+        return await JobClient(ol).submit_to_pool(pool, module, method, list(args), tags=tags, ttl=ttl)
+
+
+async def _cancel(job_id: str) -> dict[str, Any]:
+    async with AsyncOverlord("*", timeout=10) as ol:
+        return await JobClient(ol).cancel(job_id)
+
+
+def _wait_for_state(job_id: str, minion: str, states: set[str], timeout: float = WAIT) -> dict[str, Any]:
+    deadline = time.time() + timeout
+    while True:
+        record = asyncio.run(_record(job_id))
+        assert record is not None
+        entry = record["minions"].get(minion)
+        if entry is not None and entry["state"] in states:
+            return record
+        if time.time() > deadline:
+            raise AssertionError(f"{minion} never reached {states}: {record}")
+        time.sleep(0.3)
+
+
+def _runs(minion: Any, method: str) -> int:
+    """How many times the minion's audit log says ``method`` ran to an end."""
+    return sum(1 for line in minion.audit_lines() if f"method={method} " in line)
+
+
+def test_a_job_waits_for_a_stopped_minion(minions: MinionFactory, prefix: str) -> None:
+    name = f"{prefix}-1"
+    minion = minions.start(name)
+    minion.stop()
+    job_id = asyncio.run(_submit(name, "test", "echo", "hello"))
+    code, results = asyncio.run(_wait(job_id, timeout=2))
+    assert (code, results) == (JOB_ID_RUNNING, {})
+    assert asyncio.run(_record(job_id))["minions"][name]["state"] == "sent"  # type: ignore[index]
+    minions.start(name, enrolled=False)
+    assert asyncio.run(_wait(job_id)) == (JOB_ID_FINISHED, {name: "hello"})
+
+
+def test_a_job_that_outlives_its_time_to_live_is_reported_expired(minions: MinionFactory, prefix: str) -> None:
+    up, down = f"{prefix}-up", f"{prefix}-down"
+    minions.start(up)
+    minions.start(down).stop()
+    job_id = asyncio.run(_submit(f"{up};{down}", "test", "ping", ttl=2))
+    code, results = asyncio.run(_wait(job_id, timeout=30))
+    assert code == JOB_ID_FINISHED, results
+    assert results[up] == 1
+    assert results[down][0] == "REMOTE_ERROR" and "expired" in results[down][1]
+    assert asyncio.run(_record(job_id))["minions"][down]["state"] == "expired"  # type: ignore[index]
+
+
+def test_a_job_for_a_minion_that_never_ran_is_never_reached(isolated_dirs: dict[str, str], func_env: dict[str, str], prefix: str) -> None:
+    code, results = asyncio.run(_wait(asyncio.run(_submit(f"{prefix}-nobody", "test", "ping")), timeout=5))
+    assert code == 4  # func's JOB_ID_REMOTE_ERROR: nothing could be sent anywhere
+    assert "never run with jobs" in results[f"{prefix}-nobody"][2]
+
+
+def test_a_job_interrupted_by_a_crash_is_not_run_again_on_that_minion(minions: MinionFactory, prefix: str) -> None:
+    name = f"{prefix}-1"
+    minion = minions.start(name)
+    job_id = asyncio.run(_submit(name, "test", "sleep", 5))
+    _wait_for_state(job_id, name, {"started"})
+    minion.stop(signal.SIGKILL)
+    restarted = minions.start(name, enrolled=False)
+    code, results = asyncio.run(_wait(job_id))
+    assert code == JOB_ID_FINISHED
+    assert results[name][0] == "REMOTE_ERROR" and "not run twice" in results[name][2]
+    assert _runs(restarted, "test.sleep") == 0  # the redelivery did not run it
+
+
+def test_an_unknown_job_is_lost_in_space(func_env: dict[str, str]) -> None:
+    async def status() -> tuple[int, Any]:
+        async with AsyncOverlord("*", timeout=10) as ol:
+            return await JobClient(ol).status("nothing-test-ping-1.0")
+
+    assert asyncio.run(status()) == (JOB_ID_LOST_IN_SPACE, 0)
+
+
+# --- pools -----------------------------------------------------------------------------
+
+
+def test_each_pool_job_runs_on_exactly_one_member_with_the_tags(minions: MinionFactory, prefix: str) -> None:
+    pool = f"{prefix}-pool"
+    x86 = minions.start(f"{prefix}-x86", conf=f"pools = {pool}:1\ntags = arch=x86_64\n")
+    arm = minions.start(f"{prefix}-arm", conf=f"pools = {pool}:2\ntags = arch=aarch64\n")
+    any_jobs = [asyncio.run(_pool_submit(pool, "test", "add", i, 1)) for i in range(6)]
+    arm_job = asyncio.run(_pool_submit(pool, "test", "add", 100, 1, tags={"arch": "aarch64"}))
+    nowhere = asyncio.run(_pool_submit(pool, "test", "ping", tags={"arch": "s390x"}))
+    for i, job_id in enumerate(any_jobs):
+        code, results = asyncio.run(_wait(job_id))
+        assert code == JOB_ID_FINISHED and list(results.values()) == [i + 1], results
+        assert set(results) <= {x86.name, arm.name}
+    assert asyncio.run(_wait(arm_job)) == (JOB_ID_FINISHED, {arm.name: 101})
+    code, results = asyncio.run(_wait(nowhere))
+    assert "no member of pool" in results[f"@{pool}"][2]
+    assert _runs(x86, "test.add") + _runs(arm, "test.add") == 7
+
+
+def test_a_pool_member_killed_mid_job_hands_it_to_another(minions: MinionFactory, prefix: str) -> None:
+    pool = f"{prefix}-pool"
+    members = {m.name: m for m in (minions.start(f"{prefix}-{i}", conf=f"pools = {pool}:1\n") for i in (1, 2))}
+    job_id = asyncio.run(_pool_submit(pool, "test", "sleep", 3))
+    deadline = time.time() + WAIT
+    while True:
+        record = asyncio.run(_record(job_id))
+        started = [n for n, e in record["minions"].items() if e["state"] == "started"]  # type: ignore[index]
+        if started or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(started) == 1, record
+    victim = started[0]
+    members[victim].stop(signal.SIGKILL)
+    code, results = asyncio.run(_wait(job_id))
+    survivor = next(n for n in members if n != victim)
+    assert code == JOB_ID_FINISHED and list(results) == [survivor], results
+    record = asyncio.run(_record(job_id))
+    assert record["minions"][survivor]["attempt"] == 2  # type: ignore[index]
+    assert "redelivered" in record["minions"][survivor]["detail"] or record["minions"][survivor]["state"] == "succeeded"  # type: ignore[index]
+    assert record["minions"][victim].get("superseded")  # type: ignore[index]
+
+
+def test_a_job_that_kills_every_builder_is_dead_lettered(minions: MinionFactory, prefix: str) -> None:
+    pool = f"{prefix}-pool"
+    conf = f"pools = {pool}:1\n"
+    names_ = [f"{prefix}-{i}" for i in (1, 2)]
+    running = {n: minions.start(n, conf=conf) for n in names_}
+    job_id = asyncio.run(_pool_submit(pool, "command", "run", "kill -9 $PPID"))
+    deadline = time.time() + 120
+    while True:
+        record = asyncio.run(_record(job_id))
+        states = {n: e["state"] for n, e in record["minions"].items()}  # type: ignore[index]
+        if "dead_lettered" in states.values() or time.time() > deadline:
+            break
+        for name, minion in running.items():  # an operator (or systemd) restarts what died
+            if minion.proc.poll() is not None:
+                running[name] = minions.start(name, conf=conf, enrolled=False)
+        time.sleep(0.5)
+    assert "dead_lettered" in states.values(), record
+    code, results = asyncio.run(_wait(job_id, timeout=5))
+    assert code == JOB_ID_FINISHED
+    assert all(v[0] == "REMOTE_ERROR" for v in results.values())
+
+
+def test_queued_pool_jobs_survive_a_broker_restart(broker: Any, minions: MinionFactory, prefix: str) -> None:
+    pool = f"{prefix}-pool"
+    conf = f"pools = {pool}:1\n"
+    minions.start(f"{prefix}-1", conf=conf).stop()  # the pool's queue exists; nobody serves it
+    job_id = asyncio.run(_pool_submit(pool, "test", "echo", "still here"))
+    broker.stop()
+    broker.start()
+    member = minions.start(f"{prefix}-1", conf=conf, enrolled=False)
+    assert asyncio.run(_wait(job_id)) == (JOB_ID_FINISHED, {member.name: "still here"})
+
+
+def test_cancel_a_queued_and_a_running_pool_job(minions: MinionFactory, prefix: str) -> None:
+    pool = f"{prefix}-pool"
+    member = minions.start(f"{prefix}-1", conf=f"pools = {pool}:1\n")
+    running = asyncio.run(_pool_submit(pool, "command", "run", "sleep 30"))
+    _wait_for_state(running, member.name, {"started"})
+    queued = asyncio.run(_pool_submit(pool, "test", "echo", "never"))
+    time.sleep(0.5)
+    assert asyncio.run(_cancel(queued))
+    answers = asyncio.run(_cancel(running))
+    assert answers == {member.name: True}
+    code, results = asyncio.run(_wait(running))
+    assert code == JOB_ID_FINISHED and results[member.name][0] == "REMOTE_ERROR"
+    assert asyncio.run(_record(running))["minions"][member.name]["state"] == "cancelled"  # type: ignore[index]
+    code, results = asyncio.run(_wait(queued))
+    assert code == JOB_ID_FINISHED
+    entry = asyncio.run(_record(queued))["minions"][member.name]  # type: ignore[index]
+    assert entry["state"] == "cancelled", entry
+    assert _runs(member, "test.echo") == 0
+
+
+def test_a_job_partly_done_is_partial(minions: MinionFactory, prefix: str) -> None:
+    fast, slow = f"{prefix}-fast", f"{prefix}-slow"
+    minions.start(fast)
+    minions.start(slow).stop()
+    job_id = asyncio.run(_submit(f"{fast};{slow}", "test", "ping"))
+    deadline = time.time() + WAIT
+    while True:
+        code, results = asyncio.run(_wait(job_id, timeout=1))
+        if code == JOB_ID_PARTIAL or time.time() > deadline:
+            break
+    assert (code, results) == (JOB_ID_PARTIAL, {fast: 1})
