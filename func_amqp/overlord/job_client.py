@@ -52,6 +52,7 @@ class JobClient:
             raise Func_Client_Exception(f"invalid job owner {self.owner!r}: use lower-case letters, digits, '.', '-' and '_'")
         self.store = JobStore(overlord.paths.job_store_dir)
         self._collector: JobCollector | None = None
+        self._events_ready = False
 
     @property
     def collector(self) -> JobCollector:
@@ -98,6 +99,9 @@ class JobClient:
 
     async def _send(self, record: dict[str, Any]) -> None:
         rpc = self.overlord.rpc
+        if not self._events_ready:
+            await rpc.transport.open_job_events(self.owner, None)
+            self._events_ready = True
         await submit(rpc.transport, self.store, rpc.signed, record, retry_until=time.time() + self.overlord.timeout)
 
     # --- reading ----------------------------------------------------------------------

@@ -344,9 +344,9 @@ async def submit(
     *,
     retry_until: float,
 ) -> dict[str, Any]:
-    """Send the job in ``record`` (already in ``store``) to each of its targets."""
+    """Record the job in ``store`` and send it to each of its targets. The owner's
+    event queue must exist already (``open_job_events``): events need a place to wait."""
     job = JobTicket(record["id"], record["owner"])
-    await transport.open_job_events(job.owner, None)  # its events need somewhere to wait
     store.put(record)
     pool = record.get("pool")
 
