@@ -23,6 +23,8 @@ from func_amqp.protocol.names import MAX_TAGS, valid_tag
 ENV_CONFIG_DIR = "FUNC_AMQP_CONFIG_DIR"
 ENV_STATE_DIR = "FUNC_AMQP_STATE_DIR"
 ENV_BROKER_URL = "FUNC_AMQP_URL"
+ENV_JOB_OWNER = "FUNC_AMQP_JOB_OWNER"
+"""Whose event queue jobs report to, over ``job_owner`` in overlord.conf (docs/jobs.md)."""
 
 MINION_CONF = "minion.conf"
 OVERLORD_CONF = "overlord.conf"

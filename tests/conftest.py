@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from func_amqp.config import ENV_BROKER_URL, ENV_CONFIG_DIR, ENV_STATE_DIR, Paths
+from func_amqp.config import ENV_BROKER_URL, ENV_CONFIG_DIR, ENV_JOB_OWNER, ENV_STATE_DIR, Paths
 from func_amqp.overlord.session import Session
 from func_amqp.security.credentials import issue_locally
 from func_amqp.security.keys import HostIdentity
@@ -36,7 +36,8 @@ def isolated_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     state = base / "state"
     conf.mkdir()
     state.mkdir()
-    values = {ENV_CONFIG_DIR: str(conf), ENV_STATE_DIR: str(state)}
+    # each test reads only its own jobs' events
+    values = {ENV_CONFIG_DIR: str(conf), ENV_STATE_DIR: str(state), ENV_JOB_OWNER: "test-" + uuid.uuid4().hex[:12]}
     for key, value in values.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv(ENV_BROKER_URL, raising=False)

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
 import time
 from typing import Any, Callable, Sequence
 
+from func_amqp.config import ENV_JOB_OWNER
 from func_amqp.errors import Func_Client_Exception, RemoteCallError
 from func_amqp.overlord.caller import CONTROL_TIMEOUT, AsyncOverlord, EventCallback, event_listener, minion_call_id
 from func_amqp.overlord.jobs import (
@@ -47,7 +49,7 @@ class JobClient:
 
     def __init__(self, overlord: AsyncOverlord, *, owner: str | None = None) -> None:
         self.overlord = overlord
-        self.owner = owner or overlord.config.job_owner or default_owner()
+        self.owner = owner or os.environ.get(ENV_JOB_OWNER) or overlord.config.job_owner or default_owner()
         if not names.valid_minion_name(self.owner):
             raise Func_Client_Exception(f"invalid job owner {self.owner!r}: use lower-case letters, digits, '.', '-' and '_'")
         self.store = JobStore(overlord.paths.job_store_dir)
@@ -124,20 +126,20 @@ class JobClient:
 
         ``on_change`` gets the record each time it changes, also by another process.
         """
-        await self.collector.start()
         give_up = time.monotonic() + timeout if timeout is not None else None
         seen: dict[str, Any] | None = None
-        while True:
-            record = self.store.get(job_id)
-            if record is not None and record != seen:
-                seen = copy.deepcopy(record)
-                if on_change is not None:
-                    on_change(record)
-            code, results = job_status(record)
-            remaining = give_up - time.monotonic() if give_up is not None else STORE_POLL_INTERVAL
-            if code in DONE_CODES or remaining <= 0:
-                return code, results
-            await self.collector.wait_change(min(STORE_POLL_INTERVAL, remaining))
+        async with self.collector.reading():
+            while True:
+                record = self.store.get(job_id)
+                if record is not None and record != seen:
+                    seen = copy.deepcopy(record)
+                    if on_change is not None:
+                        on_change(record)
+                code, results = job_status(record)
+                remaining = give_up - time.monotonic() if give_up is not None else STORE_POLL_INTERVAL
+                if code in DONE_CODES or remaining <= 0:
+                    return code, results
+                await self.collector.wait_change(min(STORE_POLL_INTERVAL, remaining))
 
     async def attach(self, job_id: str, on_event: EventCallback, *, timeout: float | None = None, on_change: RecordCallback | None = None) -> tuple[int, Any]:
         """:meth:`wait`, with live progress and log lines from every minion running it."""

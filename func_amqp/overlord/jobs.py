@@ -23,7 +23,7 @@ import re
 import socket
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
 from func_amqp import utils
 from func_amqp.errors import ProtocolError, RemoteError, TransportError, Unroutable
@@ -245,24 +245,32 @@ class JobCollector:
         self._consumer: WorkConsumer | None = None
         self._changed = asyncio.Condition()
         self._last = time.monotonic()
+        self._readers = 0
 
-    async def start(self) -> None:
-        if self._consumer is None:
-            self._consumer = await self.transport.open_job_events(self.owner, self._on_delivery)
-        else:
-            await self._consumer.resume()
-
-    async def stop(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.pause()
+    @contextlib.asynccontextmanager
+    async def reading(self) -> AsyncIterator[None]:
+        """Consume the owner's queue while inside: events wait in the broker otherwise,
+        for whichever process reads next."""
+        self._readers += 1
+        try:
+            if self._readers == 1:
+                if self._consumer is None:
+                    self._consumer = await self.transport.open_job_events(self.owner, self._on_delivery)
+                else:
+                    await self._consumer.resume()
+            yield
+        finally:
+            self._readers -= 1
+            if self._readers == 0 and self._consumer is not None:
+                await self._consumer.pause()
 
     async def drain(self) -> None:
         """Read what is waiting in the owner's queue now."""
-        await self.start()
-        began = time.monotonic()
-        self._last = began
-        while time.monotonic() - self._last < QUIET_PERIOD and time.monotonic() - began < MAX_DRAIN_SECONDS:
-            await asyncio.sleep(QUIET_PERIOD / 3)
+        async with self.reading():
+            began = time.monotonic()
+            self._last = began
+            while time.monotonic() - self._last < QUIET_PERIOD and time.monotonic() - began < MAX_DRAIN_SECONDS:
+                await asyncio.sleep(QUIET_PERIOD / 3)
 
     async def wait_change(self, timeout: float) -> None:
         """Until an event arrives or ``timeout`` passes."""

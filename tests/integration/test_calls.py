@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from func_amqp import utils
-from func_amqp.errors import Func_Client_Exception
 from func_amqp.overlord.caller import CallEvent
 from func_amqp.overlord.client import Client, Overlord
 from tests.conftest import MinionFactory, run_cli
@@ -39,12 +38,6 @@ def test_overlord_api(minions: MinionFactory, prefix: str) -> None:
     assert utils.is_error(result) and result[2] == "khhhhhhaaaaaan!!!!!!"
     inventory = Overlord(names[0], noglobs=True).system.inventory()
     assert "ping" in inventory["test"] and "run" in inventory["command"]
-
-
-def test_async_keyword_is_accepted_but_refused_clearly(prefix: str) -> None:
-    for kwargs in ({"async_": True}, {"async": True}):
-        with pytest.raises(Func_Client_Exception, match="asynchronous jobs"):
-            Overlord(f"{prefix}-1", **kwargs)
 
 
 def test_func_shim_runs_unchanged_scripts(minions: MinionFactory, prefix: str, func_env: dict[str, str]) -> None:

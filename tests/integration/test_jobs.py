@@ -229,3 +229,36 @@ def test_a_job_partly_done_is_partial(minions: MinionFactory, prefix: str) -> No
         if code == JOB_ID_PARTIAL or time.time() > deadline:
             break
     assert (code, results) == (JOB_ID_PARTIAL, {fast: 1})
+
+
+# --- func's synchronous API and the backend's -----------------------------------------
+
+
+def test_func_async_mode_returns_a_job_id_and_job_status_collects_it(minions: MinionFactory, prefix: str) -> None:
+    from func_amqp.overlord.client import Overlord
+
+    name = f"{prefix}-1"
+    minions.start(name)
+    for kwargs in ({"async_": True}, {"async": True}):
+        job_id = Overlord(name, **kwargs).test.add(1, 2)
+        assert isinstance(job_id, str) and job_id.startswith(f"{prefix}_1-test-add-")
+        overlord = Overlord(name)
+        assert overlord.wait_job(job_id, timeout=WAIT) == (JOB_ID_FINISHED, {name: 3})
+        assert overlord.job_status(job_id) == (JOB_ID_FINISHED, {name: 3})
+        assert overlord.open_job_ids()[job_id] == JOB_ID_FINISHED
+
+
+def test_the_backend_api_submits_to_a_pool_and_waits(minions: MinionFactory, prefix: str) -> None:
+    from func_amqp.overlord.client import Jobs, Overlord
+
+    pool = f"{prefix}-pool"
+    member = minions.start(f"{prefix}-1", conf=f"pools = {pool}:1\ntags = arch=x86_64\n")
+    jobs = Jobs()
+    job_id = jobs.submit_to_pool(pool, "test", "echo", ["built"], tags={"arch": "x86_64"})
+    assert jobs.wait(job_id, timeout=WAIT) == (JOB_ID_FINISHED, {member.name: "built"})
+    record = jobs.record(job_id)
+    assert record is not None and record["minions"][member.name]["state"] == "succeeded"
+    via_overlord = Overlord(member.name).pool(pool, arch="x86_64").test.add(2, 2)
+    assert jobs.wait(via_overlord, timeout=WAIT) == (JOB_ID_FINISHED, {member.name: 4})
+    direct = jobs.submit(member.name, "test", "ping")
+    assert jobs.wait(direct, timeout=WAIT) == (JOB_ID_FINISHED, {member.name: 1})
