@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from func_amqp.errors import ConfigError
-from func_amqp.protocol.names import MAX_TAGS, valid_tag
+from func_amqp.protocol.names import MAX_TAGS, pool_key, valid_tag
 
 ENV_CONFIG_DIR = "FUNC_AMQP_CONFIG_DIR"
 ENV_STATE_DIR = "FUNC_AMQP_STATE_DIR"
@@ -263,8 +263,12 @@ class MinionConfig(_Section):
 
     def validate(self, source: str) -> None:
         super().validate(source)
-        self.pool_slots
-        self.tag_map
+        tags = self.tag_map
+        for pool in self.pool_slots:
+            try:
+                pool_key(pool, tags)  # the longest of the member's pool queue names
+            except ValueError as exc:
+                raise ConfigError(f"{exc} (in {source or 'minion.conf'})") from None
 
     @property
     def pool_slots(self) -> dict[str, int]:

@@ -814,10 +814,12 @@ def user_permissions(cn: str, role: str) -> UserPermissions:
     basic.publish (to the exchange; "" is amq.default), on queue.bind (to the queue)
     and on a queue's dead-letter exchange, *read* on basic.consume (the queue), on
     queue.bind (the exchange) and on declaring a queue with a dead-letter exchange.
-    A minion touches its two exclusive queues, the dead-letter pair, reply queues and
-    the shared exchanges; it replies through the default exchange and sends
-    heartbeats under its own routing key only. An overlord declares its own reply
-    queues and unnamed event queues, sends to minions and reads events.
+    A minion touches its two exclusive queues, its job queue, pool queues, the
+    dead-letter pair, reply queues and the shared exchanges; it replies through the
+    default exchange, publishes job events and sends heartbeats under its own routing
+    key only. An overlord declares its own reply queues, unnamed event queues and job
+    owners' event queues (any owner: owners are not certificate names), sends requests
+    and jobs, and reads events.
     """
     if not names.valid_minion_name(cn):
         raise BrokerError(f"not a valid certificate name: {cn!r}")
@@ -826,22 +828,28 @@ def user_permissions(cn: str, role: str) -> UserPermissions:
     minions, broadcast, events = (
         esc(names.MINIONS_EXCHANGE), esc(names.BROADCAST_EXCHANGE), esc(names.EVENTS_EXCHANGE)
     )
+    jobs, pools, job_events = (
+        esc(names.JOBS_EXCHANGE), esc(names.POOLS_EXCHANGE), esc(names.JOB_EVENTS_EXCHANGE)
+    )
+    job_exchanges = (jobs, pools, job_events)
     if role == ROLE_MINION:
-        own = (esc(names.minion_queue(cn)), esc(names.minion_presence_queue(cn)))
+        own = (esc(names.minion_queue(cn)), esc(names.minion_presence_queue(cn)), esc(names.job_queue(cn)))
+        pool_queues = esc(names.POOL_QUEUE_PREFIX) + ".+"
         dead_letter = (esc(names.DEAD_LETTER_EXCHANGE), esc(names.DEAD_LETTER_QUEUE))
         return UserPermissions(
-            configure=_one_of(*own, replies, minions, broadcast, events, *dead_letter),
-            write=_one_of(*own, replies, events, *dead_letter, esc(DEFAULT_EXCHANGE)),
-            read=_one_of(*own, replies, minions, broadcast, esc(names.DEAD_LETTER_EXCHANGE)),
+            configure=_one_of(*own, pool_queues, replies, minions, broadcast, events, *job_exchanges, *dead_letter),
+            write=_one_of(*own, pool_queues, replies, events, job_events, *dead_letter, esc(DEFAULT_EXCHANGE)),
+            read=_one_of(*own, pool_queues, replies, minions, broadcast, jobs, pools, job_events, esc(names.DEAD_LETTER_EXCHANGE)),
             event_write=_one_of(esc(names.heartbeat_key(cn))),
             event_read=NOTHING,
         )
     if role == ROLE_OVERLORD:
         unnamed = (SERVER_NAMED_QUEUES, CLIENT_NAMED_QUEUES)
+        owners = esc(names.JOB_EVENTS_QUEUE_PREFIX) + ".+"
         return UserPermissions(
-            configure=_one_of(replies, *unnamed, minions, broadcast, events),
-            write=_one_of(replies, *unnamed, minions, broadcast),
-            read=_one_of(replies, *unnamed, events),
+            configure=_one_of(replies, *unnamed, owners, minions, broadcast, events, *job_exchanges),
+            write=_one_of(replies, *unnamed, owners, minions, broadcast, jobs, pools),
+            read=_one_of(replies, *unnamed, owners, events, job_events),
             event_write=NOTHING,
             event_read=ANY,
         )

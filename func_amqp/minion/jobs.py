@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import itertools
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -36,7 +36,7 @@ from func_amqp.protocol.messages import (
     ProgressIndication,
     Reply,
 )
-from func_amqp.transport.base import Delivery, WorkConsumer
+from func_amqp.transport.base import JobDelivery, WorkConsumer
 
 _log = logging.getLogger(__name__)
 
@@ -70,16 +70,18 @@ class JobLedger:
 
     def _load(self) -> None:
         horizon = time.time() - LEDGER_RETENTION
-        kept: list[str] = []
+        kept: list[bytes] = []
         try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
+            lines = self.path.read_bytes().splitlines()
         except FileNotFoundError:
             lines = []
         for line in lines:
             try:
-                record = json.loads(line)
+                record = codec.loads(line)
                 job, at = record["job"], float(record["at"])
-            except (ValueError, KeyError, TypeError):
+                if not isinstance(job, str) or not isinstance(record.get("final", {}), dict):
+                    raise ValueError("not a ledger entry")
+            except (ProtocolError, ValueError, KeyError, TypeError):
                 _log.warning("skipping a damaged line in the job ledger %s", self.path)
                 continue
             if at < horizon:
@@ -87,13 +89,13 @@ class JobLedger:
             self._entries.setdefault(job, {}).update(record)
             kept.append(line)
         if len(kept) != len(lines):
-            write_text_atomic(self.path, "".join(f"{line}\n" for line in kept))
+            write_text_atomic(self.path, "".join(f"{line.decode('utf-8')}\n" for line in kept))
 
     def _append(self, record: dict[str, Any]) -> None:
         record["at"] = time.time()
         self._entries.setdefault(record["job"], {}).update(record)
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+        with self.path.open("ab") as fh:
+            fh.write(codec.dumps(record) + b"\n")
 
     def started(self, job_id: str) -> bool:
         return "started" in self._entries.get(job_id, {})
@@ -125,7 +127,7 @@ def tag_subsets(tags: dict[str, str]) -> list[dict[str, str]]:
 
 @dataclass
 class _Admitted:
-    delivery: Delivery
+    delivery: JobDelivery
     request: MethodRequest
     caller: Caller
     attempt: int
@@ -205,7 +207,7 @@ class JobWorker:
                 consumer = await transport.serve_jobs(
                     names.pool_queue(key),
                     (names.POOLS_EXCHANGE, key),
-                    lambda delivery, pool=pool: self._on_pool(pool, delivery),
+                    functools.partial(self._on_pool, pool),
                     prefetch=1,
                     delivery_limit=names.POOL_DELIVERY_LIMIT,
                 )
@@ -230,26 +232,28 @@ class JobWorker:
 
     # --- receiving ------------------------------------------------------------------
 
-    async def _on_direct(self, delivery: Delivery) -> None:
+    async def _on_direct(self, delivery: JobDelivery) -> None:
         await self._guarded(delivery, self.name, None)
 
-    async def _on_pool(self, pool: _Pool, delivery: Delivery) -> None:
+    async def _on_pool(self, pool: _Pool, delivery: JobDelivery) -> None:
         await self._guarded(delivery, names.pool_target(pool.name), pool)
 
-    async def _guarded(self, delivery: Delivery, target: str, pool: _Pool | None) -> None:
+    async def _guarded(self, delivery: JobDelivery, target: str, pool: _Pool | None) -> None:
         """Nothing a job message does may stop the minion taking jobs."""
         try:
             admitted = await self._admit(delivery, target)
             if admitted is not None:
-                await self._settled.wait()
-                await self._take(admitted, pool)
+                await self._settled.wait()  # a cancel queued behind it is read by now
+                if not await self._settled_before(admitted):
+                    await self._take(admitted, pool)
         except Exception:
             _log.exception("unexpected failure handling a job")
             await delivery.reject()
 
-    async def _admit(self, delivery: Delivery, target: str) -> _Admitted | None:
-        """The job in ``delivery`` if it is one this minion may start now; anything else
-        is settled here: answered to its owner, or dead-lettered when it has none."""
+    async def _admit(self, delivery: JobDelivery, target: str) -> _Admitted | None:
+        """The job in ``delivery`` if it is a well-formed, signed job for this queue;
+        anything else is settled here: answered to its owner, or dead-lettered when it
+        has none. (Whether it may start is :meth:`_settled_before`'s question.)"""
         env = delivery.envelope
         attempt = _attempt(env)
         try:
@@ -275,10 +279,7 @@ class JobWorker:
             else:
                 await delivery.reject()
             return None
-        admitted = _Admitted(delivery, message, caller, attempt)
-        if await self._settled_before(admitted):
-            return None
-        return admitted
+        return _Admitted(delivery, message, caller, attempt)
 
     async def _settled_before(self, job: _Admitted) -> bool:
         """Answer a job this minion has seen before (or must not start) from its ledger."""
@@ -317,6 +318,9 @@ class JobWorker:
             if self.service.call_slots_full:
                 await self._waiting_for_slot(job)
             await self.service.acquire_call_slot()
+            if job.job_id not in self._waiting and self.ledger.final(job.job_id) is not None:
+                self.service.release_call_slot()  # cancelled while it waited
+                return
             self._waiting.pop(job.job_id, None)
             try:
                 await self._run(job)

@@ -93,6 +93,10 @@ class JobClient:
                 )
         if len(tags) > names.MAX_TAGS:
             raise Func_Client_Exception(f"a pool job may require at most {names.MAX_TAGS} tags, got {len(tags)}")
+        try:
+            names.pool_key(pool, tags)
+        except ValueError as exc:
+            raise Func_Client_Exception(str(exc)) from None
         spec = names.pool_target(pool)
         job_id = new_job_id(spec, module, method)
         record = new_record(job_id, self.owner, spec, module, method, list(args), self._ttl(ttl), pool, tags, [spec])

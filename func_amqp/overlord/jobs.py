@@ -17,8 +17,8 @@ import contextlib
 import fcntl
 import getpass
 import hashlib
-import json
 import logging
+import os
 import re
 import socket
 import time
@@ -67,9 +67,12 @@ _RANK = {
 
 def default_owner() -> str:
     """``user.host``, made a valid queue-safe name: jobs are collected where they were sent."""
-    raw = f"{getpass.getuser()}.{socket.gethostname()}".lower()
-    name = re.sub(r"[^a-z0-9._-]+", "-", raw).strip("._-") or "overlord"
-    return name[:200]
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a uid without a passwd entry, in a container say
+        user = f"uid{os.getuid()}"
+    raw = f"{user}.{socket.gethostname()}".lower()
+    return re.sub(r"[^a-z0-9._-]+", "-", raw)[:200].strip("._-") or "overlord"
 
 
 def new_job_id(spec: str, module: str, method: str) -> str:
@@ -106,7 +109,7 @@ def job_status(record: dict[str, Any] | None) -> tuple[int, Any]:
     if record is None:
         return JOB_ID_LOST_IN_SPACE, 0
     entries = deciding_entries(record)
-    finished = {name: result_value(e.get("result")) if e.get("result") else _state_error(e) for name, e in entries.items() if JobState(e["state"]).final}
+    finished = {name: entry_value(e) for name, e in entries.items() if JobState(e["state"]).final}
     if entries and len(finished) == len(entries):
         if all(JobState(e["state"]) is JobState.NEVER_REACHED for e in entries.values()):
             return JOB_ID_REMOTE_ERROR, finished
@@ -114,7 +117,11 @@ def job_status(record: dict[str, Any] | None) -> tuple[int, Any]:
     return (JOB_ID_PARTIAL, finished) if finished else (JOB_ID_RUNNING, {})
 
 
-def _state_error(entry: dict[str, Any]) -> list[str]:
+def entry_value(entry: dict[str, Any]) -> Any:
+    """One minion's outcome as func returns it: its result, or a REMOTE_ERROR that says
+    why there is none (expired, never reached, dead-lettered)."""
+    if entry.get("result"):
+        return result_value(entry["result"])
     state = JobState(entry["state"])
     return utils.remote_error(f"job {state.value}", entry.get("detail") or state.value.replace("_", " "))
 
@@ -127,21 +134,21 @@ def apply_event(record: dict[str, Any], event: JobEvent) -> bool:
         given_up = event.minion == placeholder and event.state.final  # by the broker
         if event.minion != placeholder:
             minions.pop(placeholder, None)  # taken: the placeholder goes
-        for name, entry in minions.items():
-            if name == event.minion or JobState(entry["state"]).final or entry.get("superseded"):
+        for name, other in minions.items():
+            if name == event.minion or JobState(other["state"]).final or other.get("superseded"):
                 continue
-            if given_up or event.attempt > entry.get("attempt", 1):
-                entry["superseded"] = True
-                entry["detail"] = "interrupted; " + (event.detail if given_up else f"delivery {event.attempt} went to {event.minion}")
+            if given_up or event.attempt > other.get("attempt", 1):
+                other["superseded"] = True
+                other["detail"] = "interrupted; " + (event.detail if given_up else f"delivery {event.attempt} went to {event.minion}")
     entry = minions.get(event.minion)
     if entry is not None:
         current = JobState(entry["state"])
         if current.final:
             return False
-        if not event.state.final and _RANK.get(event.state, 0) < _RANK.get(current, 0):
+        if not event.state.final and (entry.get("superseded") or _RANK.get(event.state, 0) < _RANK.get(current, 0)):
             return False
-        if event.state is JobState.PROGRESS and current is JobState.PROGRESS and event.at <= entry.get("at", 0):
-            return False
+        if event.state is current and event.at <= entry.get("at", 0):
+            return False  # a repeat (the minion re-sends after a reconnect) or older news
     values = codec.job_event_values(event)
     new = {"state": event.state.value, "at": event.at, "attempt": event.attempt, "detail": event.detail}
     if "result" in values:
@@ -150,6 +157,9 @@ def apply_event(record: dict[str, Any], event: JobEvent) -> bool:
         new["progress"] = values["progress"]
     elif entry is not None and "progress" in entry:
         new["progress"] = entry["progress"]
+    if entry is not None and entry.get("superseded"):
+        new["superseded"] = True
+        new["detail"] = entry["detail"]
     minions[event.minion] = new
     return True
 
@@ -178,10 +188,10 @@ class JobStore:
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         try:
-            record = json.loads(self._path(job_id).read_text(encoding="utf-8"))
+            record = codec.loads(self._path(job_id).read_bytes())
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
+        except (OSError, ProtocolError) as exc:
             _log.warning("cannot read the record of job %s: %s", job_id, exc)
             return None
         return record if isinstance(record, dict) and record.get("id") == job_id else None
@@ -191,7 +201,8 @@ class JobStore:
             self._write(record)
 
     def _write(self, record: dict[str, Any]) -> None:
-        write_text_atomic(self._path(record["id"]), json.dumps(record, indent=1, sort_keys=True) + "\n")
+        # the wire's JSON, so that bytes in arguments and results are kept as they came
+        write_text_atomic(self._path(record["id"]), codec.dumps(record).decode("utf-8") + "\n")
 
     def update(self, job_id: str, change: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
         """Read, ``change`` and write back under the lock; None for an unknown job."""
@@ -209,12 +220,12 @@ class JobStore:
         records = []
         for path in sorted(self.directory.glob("*.json")):
             try:
-                record = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
+                record = codec.loads(path.read_bytes())
+            except (OSError, ProtocolError):
                 continue
             if isinstance(record, dict) and "id" in record:
                 records.append(record)
-        return sorted(records, key=lambda r: r.get("created", 0))
+        return sorted(records, key=_created)
 
     def forget(self, job_id: str) -> bool:
         with self._locked():
@@ -223,6 +234,11 @@ class JobStore:
             except FileNotFoundError:
                 return False
         return True
+
+
+def _created(record: dict[str, Any]) -> float:
+    created = record.get("created")
+    return float(created) if isinstance(created, (int, float)) and not isinstance(created, bool) else 0.0
 
 
 # --- reading the owner's queue ----------------------------------------------------------

@@ -418,6 +418,7 @@ def job_result_from_values(carried: Any, env: Envelope | None = None) -> MethodR
 def job_event_from_values(values: dict[str, Any], env: Envelope | None = None) -> JobEvent:
     """The event in ``values`` (see :func:`job_event_values`); ProtocolError if malformed."""
     env = env or Envelope(body=b"")
+    values = _map(values, "a job event")
     try:
         state = JobState(values.get("state"))
     except ValueError:

@@ -51,6 +51,11 @@ JOB_QUEUE_PREFIX = "func.jobs."
 POOL_QUEUE_PREFIX = "func.pool."
 JOB_EVENTS_QUEUE_PREFIX = "func.job-events."
 
+MAX_NAME_BYTES = 255
+"""AMQP's limit for queue names and routing keys (short strings)."""
+
+MAX_POOL_KEY_LENGTH = MAX_NAME_BYTES - len(POOL_QUEUE_PREFIX)
+
 POOL_DELIVERY_LIMIT = 3
 """Deliveries of one pool job before it is dead-lettered: a job that kills every
 builder it touches must not take the whole pool down."""
@@ -90,8 +95,12 @@ def job_queue(name: str) -> str:
 def pool_key(pool: str, tags: dict[str, str] | None = None) -> str:
     """The routing key (and queue suffix) of ``pool`` restricted to ``tags``:
     ``builders`` or ``builders:arch:x86_64:distro:fedora-40``, tags sorted. Names and
-    tags never contain ``:``, and AMQP queue names allow no ``=`` or ``;``."""
-    return ":".join([pool, *(f"{k}:{v}" for k, v in sorted((tags or {}).items()))])
+    tags never contain ``:``, and AMQP queue names allow no ``=`` or ``;``. ValueError
+    when the queue name would be longer than AMQP allows."""
+    key = ":".join([pool, *(f"{k}:{v}" for k, v in sorted((tags or {}).items()))])
+    if len(key) > MAX_POOL_KEY_LENGTH:
+        raise ValueError(f"pool {pool!r} with these tags makes a queue name of {len(POOL_QUEUE_PREFIX) + len(key)} characters; AMQP allows {MAX_NAME_BYTES}: use shorter names")
+    return key
 
 
 def pool_queue(key: str) -> str:

@@ -33,7 +33,7 @@ from func_amqp.broker.node import CONSUMER_TIMEOUT_MS
 from func_amqp.errors import BrokerUnreachable, TransportError, Unroutable
 from func_amqp.protocol import names
 from func_amqp.protocol.envelope import Envelope, HeaderValue
-from func_amqp.transport.base import Handler, Transport, masked_url
+from func_amqp.transport.base import Handler, JobHandler, Transport, masked_url
 
 _log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     RuntimeError,  # aio-pika: "Channel closed by RPC timeout" and friends
 )
 
-LIBRARY_ERRORS = (aiormq.exceptions.PublishError, aiormq.exceptions.DeliveryError, *CONNECTION_ERRORS)
+LIBRARY_ERRORS: tuple[type[BaseException], ...] = (aiormq.exceptions.PublishError, aiormq.exceptions.DeliveryError, *CONNECTION_ERRORS)
 
 
 def _mapped_error(exc: BaseException, what: str) -> TransportError:
@@ -171,7 +171,7 @@ def _durable_queue_arguments(delivery_limit: int | None) -> dict[str, Any]:
 class _JobConsumer:
     """One consumer of a durable queue; pausing cancels it, resuming consumes again."""
 
-    def __init__(self, queue: AbstractRobustQueue, handler: Handler) -> None:
+    def __init__(self, queue: AbstractRobustQueue, handler: JobHandler) -> None:
         self._queue = queue
         self._handler = handler
         self._tag: str | None = None
@@ -190,7 +190,7 @@ class _JobConsumer:
                 await self._queue.cancel(tag)
 
 
-_CONSUMER_ARGUMENTS = {"x-consumer-timeout": CONSUMER_TIMEOUT_MS}
+_CONSUMER_ARGUMENTS: dict[str, Any] = {"x-consumer-timeout": CONSUMER_TIMEOUT_MS}
 """RabbitMQ 3.12 and later take the consumer timeout per consumer; older brokers ignore
 it and need ``consumer_timeout`` in rabbitmq.conf (docs/jobs.md)."""
 
@@ -425,7 +425,7 @@ class Amqp091Transport(Transport):
         return {names.JOBS_EXCHANGE: self._jobs, names.POOLS_EXCHANGE: self._pools}.get(name)
 
     async def serve_jobs(
-        self, queue: str, route: tuple[str, str], handler: Handler, *, prefetch: int, delivery_limit: int | None = None
+        self, queue: str, route: tuple[str, str], handler: JobHandler, *, prefetch: int, delivery_limit: int | None = None
     ) -> _JobConsumer:
         if self._connection is None:
             raise TransportError("the transport is not connected; call connect() first")
@@ -457,6 +457,6 @@ class Amqp091Transport(Transport):
             await queue.bind(names.JOB_EVENTS_EXCHANGE, arguments={"x-match": "all", names.H_OWNER: owner})
             if handler is None:
                 return None
-            consumer = _JobConsumer(queue, handler)
+            consumer = _JobConsumer(queue, handler)  # acks manually, like job queues
             await consumer.resume()
         return consumer

@@ -30,8 +30,12 @@ class Delivery(Protocol):
     async def reject(self) -> None:
         """Refuse the message for good: it goes to the dead-letter queue."""
 
+
+class JobDelivery(Delivery, Protocol):
+    """A job from a durable queue, which may also go back to its queue."""
+
     async def release(self) -> None:
-        """Give the message back to its queue, for another consumer (durable jobs)."""
+        """Give the message back to its queue, for another consumer."""
 
 
 class WorkConsumer(Protocol):
@@ -58,6 +62,7 @@ def masked_url(url: str) -> str:
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
+JobHandler = Callable[[JobDelivery], Awaitable[None]]
 
 
 class Transport(abc.ABC):
@@ -141,7 +146,7 @@ class Transport(abc.ABC):
     def _no_jobs(self) -> TransportError:
         return TransportError(f"jobs need a broker: {masked_url(self.url)} keeps no durable queues")
 
-    async def serve_jobs(self, queue: str, route: tuple[str, str], handler: Handler, *, prefetch: int, delivery_limit: int | None = None) -> WorkConsumer:
+    async def serve_jobs(self, queue: str, route: tuple[str, str], handler: JobHandler, *, prefetch: int, delivery_limit: int | None = None) -> WorkConsumer:
         """Consume durable queue ``queue`` (created if missing, bound by ``route``:
         exchange and key), with manual settlement and at most ``prefetch`` unsettled."""
         raise self._no_jobs()
