@@ -1,6 +1,6 @@
 """``func-amqp``: administration of what func-amqp runs besides minions and overlords.
 
-Each command group (``broker``, ``minions``, ``ca``; ``jobs`` later) is a
+Each command group (``broker``, ``minions``, ``ca``, ``certmaster``, ``jobs``) is a
 :class:`CommandGroup` subclass listed in :data:`GROUPS`: it adds its own subparser and
 handlers, so a new group is one small class and one line here. Handlers take the parsed
 arguments and the resolved :class:`Paths` and return the exit status; a
@@ -19,6 +19,8 @@ from func_amqp import __version__
 from func_amqp.broker.node import ROLES, PrivateBroker
 from func_amqp.cli.common import (
     EXIT_FAILED,
+    CommandGroup,
+    Handler,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
@@ -27,6 +29,7 @@ from func_amqp.cli.common import (
     report,
     setup_logging,
 )
+from func_amqp.cli.jobs import JobsCommands
 from func_amqp.config import MinionConfig, OverlordConfig, Paths, resolve_broker_url
 from func_amqp.minion.certmaster import serve_certmaster
 from func_amqp.minion.daemon import run_until_signalled
@@ -34,29 +37,12 @@ from func_amqp.overlord.caller import AsyncOverlord
 from func_amqp.overlord.directory import MinionDirectory
 from func_amqp.security.ca import CertificateAuthority
 
+if TYPE_CHECKING:
+    from func_amqp.cli.common import Subcommands
+
 PROG = "func-amqp"
 EXIT_NOT_RUNNING = 3  # systemctl's status code for a stopped unit
 DEFAULT_TIMEOUT = 60.0
-
-Handler = Callable[[argparse.Namespace, Paths], int]
-if TYPE_CHECKING:
-    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
-
-
-class CommandGroup:
-    """One ``func-amqp NAME ...`` group of subcommands."""
-
-    name: str = ""
-    help: str = ""
-
-    def add_to(self, commands: Subcommands) -> None:
-        parser = commands.add_parser(self.name, help=self.help, description=self.help)
-        actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-        self.add_actions(actions)
-
-    def add_actions(self, actions: Subcommands) -> None:
-        raise NotImplementedError
-
 
 class BrokerCommands(CommandGroup):
     """The private RabbitMQ node for development and tests."""
@@ -297,7 +283,7 @@ class CertmasterCommand(CommandGroup):
         return EXIT_OK
 
 
-GROUPS: tuple[CommandGroup, ...] = (BrokerCommands(), MinionsCommands(), CaCommands(), CertmasterCommand())
+GROUPS: tuple[CommandGroup, ...] = (BrokerCommands(), MinionsCommands(), CaCommands(), CertmasterCommand(), JobsCommands())
 
 
 def _add_timeout(parser: argparse.ArgumentParser, what: str) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
+from func_amqp.config import Paths
 from func_amqp.errors import FuncAmqpError, FuncException
 
 EXIT_OK = 0
@@ -74,3 +75,25 @@ def setup_logging(level: str, *, quiet_client_library: bool = False, prog: str |
     if quiet_client_library:
         for name in CLIENT_LIBRARY_LOGGERS:
             logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+# --- func-amqp's command groups ------------------------------------------------------
+
+Handler = Callable[[argparse.Namespace, Paths], int]
+if TYPE_CHECKING:
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+class CommandGroup:
+    """One ``func-amqp NAME ...`` group of subcommands."""
+
+    name: str = ""
+    help: str = ""
+
+    def add_to(self, commands: Subcommands) -> None:
+        parser = commands.add_parser(self.name, help=self.help, description=self.help)
+        actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+        self.add_actions(actions)
+
+    def add_actions(self, actions: Subcommands) -> None:
+        raise NotImplementedError

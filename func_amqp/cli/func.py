@@ -26,6 +26,7 @@ import func_amqp
 from func_amqp import utils
 from func_amqp.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, positive_seconds, print_outcomes, run_main, setup_logging
 from func_amqp.cli.display import MODES, make_display
+from func_amqp.cli.jobs import add_job_options, run_job_call
 from func_amqp.cli.transfer import add_transfer_commands
 from func_amqp.errors import ArgumentError, RemoteCallError
 from func_amqp.overlord.arguments import convert_cli_args
@@ -99,8 +100,12 @@ def _hint(first_line: str) -> None:
 
 async def cmd_call(ol: AsyncOverlord, args: argparse.Namespace) -> int:
     call_args: list[Any] = list(args.arguments)
+    if args.job_mode == "jobstatus":
+        return await run_job_call(ol, args, [], lambda value: _format(value, args.output))
     if call_args:
         call_args = await _converted(ol, args.module, args.method, call_args)
+    if args.job_mode:
+        return await run_job_call(ol, args, call_args, lambda value: _format(value, args.output))
     RUNNING.spec, RUNNING.call_id = args.spec, new_call_id()
     return await _watched(
         ol, args, lambda on_event: ol.call(args.module, args.method, *call_args, call_id=RUNNING.call_id, on_event=on_event)
@@ -179,8 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--raw", dest="output", action="store_const", const="raw", help="print Python's repr of the results")
     out.add_argument("-b", "--basic", dest="output", action="store_const", const="basic", help="print str() of the results")
     _add_watch_options(call)
-    call.add_argument("module")
-    call.add_argument("method")
+    add_job_options(call)
+    call.add_argument("module", help="the module (with -s: the job id)")
+    call.add_argument("method", nargs="?")
     call.add_argument("arguments", nargs=argparse.REMAINDER, help="method arguments; converted with the method's registered types")
     call.set_defaults(handler=cmd_call, output="pprint")
 
@@ -215,7 +221,15 @@ def _add_watch_options(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "call":
+        if args.job_mode == "jobstatus" and (args.method or args.arguments):
+            parser.error("--jobstatus takes one job id, in place of MODULE: func '<spec>' call -s JOB_ID")
+        if args.job_mode != "jobstatus" and args.method is None:
+            parser.error("call needs MODULE and METHOD, e.g. func '*' call test ping")
+        if args.ttl is not None and args.job_mode not in ("async", "nopoll"):
+            parser.error("--ttl goes with -a/--async or -n/--nopoll")
     setup_logging(LOG_LEVEL, quiet_client_library=True, prog=PROG)
 
     async def run() -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from func_amqp.overlord.caller import AsyncOverlord
 from func_amqp.overlord.job_client import JobClient
 from func_amqp.overlord.jobs import JOB_ID_FINISHED, JOB_ID_LOST_IN_SPACE, JOB_ID_PARTIAL, JOB_ID_RUNNING
-from tests.conftest import MinionFactory
+from tests.conftest import MinionFactory, run_cli
 
 pytestmark = pytest.mark.broker
 
@@ -262,3 +263,110 @@ def test_the_backend_api_submits_to_a_pool_and_waits(minions: MinionFactory, pre
     assert jobs.wait(via_overlord, timeout=WAIT) == (JOB_ID_FINISHED, {member.name: 4})
     direct = jobs.submit(member.name, "test", "ping")
     assert jobs.wait(direct, timeout=WAIT) == (JOB_ID_FINISHED, {member.name: 1})
+
+
+# --- the command line --------------------------------------------------------------------
+
+
+def test_func_call_async_nopoll_and_jobstatus(minions: MinionFactory, prefix: str, func_env: dict[str, str]) -> None:
+    name = f"{prefix}-1"
+    minions.start(name)
+    shown = run_cli("func_amqp.cli.func", name, "call", "-a", "--progress", "none", "test", "add", "1", "2", env=func_env)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == f"('{name}', 3)"
+    assert "JOB_ID:" in shown.stderr
+    sent = run_cli("func_amqp.cli.func", name, "call", "-n", "test", "add", "2", "2", env=func_env)
+    assert sent.returncode == 0, sent.stderr
+    job_id = sent.stdout.strip().removeprefix("JOB_ID: ").strip("'")
+    deadline = time.time() + WAIT
+    while True:
+        status = run_cli("func_amqp.cli.func", name, "call", "-s", job_id, env=func_env)
+        if status.stdout.strip() == f"(1, {{'{name}': 4}})" or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    assert status.stdout.strip() == f"(1, {{'{name}': 4}})", status
+    assert status.returncode == 0
+    unknown = run_cli("func_amqp.cli.func", name, "call", "-s", "no-such-job", env=func_env)
+    assert unknown.stdout.strip() == "(2, 0)" and unknown.returncode == 1
+
+
+def test_func_amqp_jobs_commands(minions: MinionFactory, prefix: str, func_env: dict[str, str]) -> None:
+    pool = f"{prefix}-pool"
+    member = minions.start(f"{prefix}-1", conf=f"pools = {pool}:1\ntags = arch=x86_64\n")
+    admin = "func_amqp.cli.admin"
+    done = run_cli(admin, "jobs", "submit", "--pool", pool, "--tag", "arch=x86_64", "--wait", "--progress", "none", "test", "echo", "hi", env=func_env)
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.splitlines()[0].removeprefix("JOB_ID: ").strip("'")
+    assert done.stdout.splitlines()[1] == f"('{member.name}', 'hi')"
+    listed = run_cli(admin, "jobs", "list", env=func_env)
+    assert job_id in listed.stdout and "finished" in listed.stdout
+    shown = run_cli(admin, "jobs", "show", job_id, env=func_env)
+    assert f"{member.name}: succeeded" in shown.stdout and "result: 'hi'" in shown.stdout
+    again = run_cli(admin, "jobs", "cancel", job_id, env=func_env)
+    assert f"{member.name}: already succeeded" in again.stdout
+    attached = run_cli(admin, "jobs", "attach", "--progress", "none", job_id, env=func_env)
+    assert attached.returncode == 0 and f"('{member.name}', 'hi')" in attached.stdout
+    assert run_cli(admin, "jobs", "forget", job_id, env=func_env).returncode == 0
+    gone = run_cli(admin, "jobs", "show", job_id, env=func_env)
+    assert gone.returncode == 1 and "no job" in gone.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--pool", "Bad Pool", "test", "ping"], "invalid pool or tag"),
+        (["--pool", "p", "--tag", "arch", "test", "ping"], "NAME=VALUE"),
+        (["--pool", "p", "--tag", "a=b", "--tag", "c=d", "--tag", "e=f", "--tag", "g=h", "--tag", "i=j", "test", "ping"], "at most 4 tags"),
+        (["--spec", "x", "--tag", "a=b", "test", "ping"], "--tag goes with --pool"),
+        (["--pool", "p", "--ttl", "0", "test", "ping"], "greater than 0"),
+    ],
+)
+def test_jobs_submit_refuses_bad_values(argv: list[str], message: str, func_env: dict[str, str]) -> None:
+    result = run_cli("func_amqp.cli.admin", "jobs", "submit", *argv, env=func_env)
+    assert result.returncode in (1, 2)
+    assert message in result.stderr, result.stderr
+
+
+def test_cancel_a_job_queued_for_a_stopped_minion(minions: MinionFactory, prefix: str) -> None:
+    name = f"{prefix}-1"
+    minions.start(name).stop()
+    job_id = asyncio.run(_submit(name, "test", "echo", "never"))
+    answers = asyncio.run(_cancel(job_id))
+    assert answers == {name: "a cancel waits for it in its queue"}
+    restarted = minions.start(name, enrolled=False)
+    code, results = asyncio.run(_wait(job_id))
+    assert code == JOB_ID_FINISHED and "cancelled" in results[name][2], results
+    assert asyncio.run(_record(job_id))["minions"][name]["state"] == "cancelled"  # type: ignore[index]
+    assert _runs(restarted, "test.echo") == 0
+
+
+SLOW_STEPS = """
+import time
+from func_amqp.minion.modules.func_module import FuncModule
+from func_amqp.minion import progress
+
+class Slow(FuncModule):
+    def steps(self, n):
+        for i in range(int(n)):
+            progress.report("stepping", i + 1, int(n))
+            progress.log(f"step {i + 1}")
+            time.sleep(1)
+        return int(n)
+"""
+
+
+def test_attach_shows_a_running_jobs_progress_and_logs(minions: MinionFactory, prefix: str, tmp_path: Path, func_env: dict[str, str]) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "slow.py").write_text(SLOW_STEPS)
+    name = f"{prefix}-1"
+    minions.start(name, conf=f"module_dirs = {site}\n")
+    job_id = asyncio.run(_submit(name, "slow", "steps", 6))
+    _wait_for_state(job_id, name, {"started", "progress"})
+    attached = run_cli("func_amqp.cli.admin", "jobs", "attach", "--progress", "plain", "--logs", job_id, env=func_env)
+    assert attached.returncode == 0, attached.stderr
+    assert attached.stdout.strip() == f"('{name}', 6)"
+    assert f"{name}| step 6" in attached.stderr
+    assert f"{name}: stepping [6/6]" in attached.stderr
+    record = asyncio.run(_record(job_id))
+    assert record is not None and record["minions"][name]["progress"]["phase"] == "stepping"
