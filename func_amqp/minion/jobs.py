@@ -176,6 +176,8 @@ class JobWorker:
         self._consumers: list[WorkConsumer] = []
         self._waiting: dict[str, _Admitted] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._active: set[str] = set()
+        """Jobs admitted here and not yet settled: a second copy of one is dropped."""
         self._settled = asyncio.Event()
         self._last_progress: dict[str, float] = {}
 
@@ -226,6 +228,7 @@ class JobWorker:
             await consumer.pause()
         waiting, self._waiting = list(self._waiting.values()), {}
         for admitted in waiting:
+            self._active.discard(admitted.job_id)
             await admitted.delivery.release()
         for pool in self.pools.values():
             pool.waiting.clear()
@@ -242,44 +245,47 @@ class JobWorker:
         """Nothing a job message does may stop the minion taking jobs."""
         try:
             admitted = await self._admit(delivery, target)
-            if admitted is not None:
+            if admitted is None:
+                return
+            if admitted.job_id in self._active:  # the broker delivered it twice
+                _log.info("job %s is already in hand here; a second copy is dropped", admitted.job_id)
+                await delivery.ack()
+                return
+            self._active.add(admitted.job_id)
+            try:
                 await self._settled.wait()  # a cancel queued behind it is read by now
                 if not await self._settled_before(admitted):
                     await self._take(admitted, pool)
+            finally:
+                if pool is None or admitted not in pool.waiting:
+                    self._active.discard(admitted.job_id)
         except Exception:
             _log.exception("unexpected failure handling a job")
             await delivery.reject()
 
     async def _admit(self, delivery: JobDelivery, target: str) -> _Admitted | None:
-        """The job in ``delivery`` if it is a well-formed, signed job for this queue;
-        anything else is settled here: answered to its owner, or dead-lettered when it
-        has none. (Whether it may start is :meth:`_settled_before`'s question.)"""
+        """The job in ``delivery`` if it is a well-formed job signed for this queue;
+        anything else is dead-lettered, which hands a job back to its owner (who learns
+        it was refused) and drops what is not a job. No event is sent for it: a minion
+        must not report on a job id it cannot prove the owner sent.
+        (Whether the job may start is :meth:`_settled_before`'s question.)"""
         env = delivery.envelope
-        attempt = _attempt(env)
         try:
             opcode = codec.check_envelope(env, self.service.settings.max_message_bytes)
             message = codec.decode(env, self.service.settings.max_message_bytes)
             if isinstance(message, CancelRequest):  # queued behind a job, for a minion that was down
-                caller = self.service.gate.authenticate(env, opcode)
+                caller = self.service.gate.authenticate(env, opcode, target=target)
                 self.cancel(message.call_id, caller)
                 await delivery.ack()
                 return None
             if not isinstance(message, MethodRequest) or message.job is None:
                 raise ProtocolError("only job requests belong in a job queue")
-            if message.target != target:
-                raise SecurityError(f"the job is for {message.target!r}, not {target!r}", Code.BAD_SIGNATURE)
-            caller = self.service.gate.authenticate(env, opcode)
+            caller = self.service.gate.authenticate(env, opcode, target=target, job=True)
         except (ProtocolError, SecurityError) as exc:
-            owner = env.headers.get(names.H_OWNER)
             _log.warning("refused a job message (%s): %s", exc.code.name, exc)
-            if isinstance(owner, str) and names.valid_minion_name(owner) and isinstance(env.correlation_id, str):
-                job_id = env.correlation_id.rpartition(":")[0] or env.correlation_id
-                await self._report(owner, JobEvent(job_id, self.name, JobState.FAILED, time.time(), attempt, ExceptionResponse(int(exc.code), str(exc))))
-                await delivery.ack()
-            else:
-                await delivery.reject()
+            await delivery.reject()
             return None
-        return _Admitted(delivery, message, caller, attempt)
+        return _Admitted(delivery, message, caller, _attempt(env))
 
     async def _settled_before(self, job: _Admitted) -> bool:
         """Answer a job this minion has seen before (or must not start) from its ledger."""
@@ -343,6 +349,7 @@ class JobWorker:
         try:
             await self._run(job)
         finally:
+            self._active.discard(job.job_id)
             pool.running -= 1
             while pool.waiting and pool.running < pool.slots:
                 nxt = pool.waiting.popleft()
@@ -401,6 +408,7 @@ class JobWorker:
         event = JobEvent(job.job_id, self.name, state, time.time(), job.attempt, result=result)
         self.ledger.record_final(event)
         self._last_progress.pop(job.job_id, None)
+        self._active.discard(job.job_id)
         await self._report(job.owner, event)
         await job.delivery.ack()
 

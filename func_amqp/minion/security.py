@@ -59,18 +59,22 @@ class MinionSecurity:
         self.replay = replay or ReplayGuard()
         self.certmaster_overrides_acls = certmaster_overrides_acls
 
-    def authenticate(self, env: Envelope, opcode: Opcode) -> Caller:
-        """The request's signer; raises SecurityError with the code to answer with."""
-        expected_target = None if opcode in BROADCAST_OPCODES else self.name
-        target = env.headers.get(names.H_TARGET)
-        if opcode is Opcode.CANCEL_REQUEST and target == names.ANY_MINION:
+    def authenticate(self, env: Envelope, opcode: Opcode, *, target: str | None = None, job: bool = False) -> Caller:
+        """The request's signer; raises SecurityError with the code to answer with.
+
+        ``target`` is what the request must be signed for (default: this minion; a pool
+        job names ``@pool``). A ``job`` is not checked against the replay guard: the
+        job ledger keeps a job id from running twice, also across restarts, and the
+        broker may deliver a job more than once.
+        """
+        expected_target = None if opcode in BROADCAST_OPCODES else target or self.name
+        if opcode is Opcode.CANCEL_REQUEST and env.headers.get(names.H_TARGET) == names.ANY_MINION:
             expected_target = names.ANY_MINION  # a job-wide cancel, for whoever has the job
-        elif opcode is Opcode.METHOD_REQUEST and isinstance(target, str) and target.startswith("@"):
-            expected_target = target  # a pool job; the job worker checks it is one of our pools
         store = self.trust.store()
         identity = store.verify(env, expected_target=expected_target)
         try:
-            self.replay.check_envelope(env, identity)
+            if not job:
+                self.replay.check_envelope(env, identity)
         except SecurityError as exc:
             # the broker requeued it (consumer timeout, channel closed) before it was
             # accepted, so it never ran: its nonce was seen, but this is no replay
@@ -96,7 +100,7 @@ class MinionSecurity:
 class OpenAccess:
     """No authentication: for the in-memory twin and for minions that opt out."""
 
-    def authenticate(self, env: Envelope, opcode: Opcode) -> Caller:
+    def authenticate(self, env: Envelope, opcode: Opcode, *, target: str | None = None, job: bool = False) -> Caller:
         return ANONYMOUS
 
     def authorize(self, caller: Caller, method: str) -> None:

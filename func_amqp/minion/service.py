@@ -325,6 +325,9 @@ class MinionService:
                 await self._refuse(delivery, Code.ACCESS_DENIED, str(exc), caller=caller, action=action, args=args, outcome=audit.denied(Code.ACCESS_DENIED))
                 return
         if isinstance(request, MethodRequest):
+            if request.job is not None:  # a captured job replayed as a call: jobs run from job queues only
+                await self._refuse(delivery, Code.BAD_REQUEST, "a job request belongs in a job queue, not in a minion's call queue", caller=caller, action=action, args=args)
+                return
             await self._accept_call(delivery, request, caller)
             return
         await delivery.ack()

@@ -322,6 +322,7 @@ class JobCollector:
             count = env.headers.get(names.H_DELIVERY_COUNT)
             detail = {
                 "expired": "its time to live passed while it waited in the queue",
+                "rejected": "refused by the minion: malformed, or its signature not accepted there (the minion's log says why)",
                 "delivery_limit": f"given up after {names.POOL_DELIVERY_LIMIT} deliveries (each taker stopped or crashed)",
             }.get(reason, f"dead-lettered by the broker ({reason})")
             attempt = count + 1 if isinstance(count, int) and not isinstance(count, bool) else 1

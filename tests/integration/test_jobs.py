@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -10,9 +11,13 @@ from typing import Any
 
 import pytest
 
+from func_amqp.broker.node import CONSUMER_TIMEOUT_MS
 from func_amqp.overlord.caller import AsyncOverlord
 from func_amqp.overlord.job_client import JobClient
-from func_amqp.overlord.jobs import JOB_ID_FINISHED, JOB_ID_LOST_IN_SPACE, JOB_ID_PARTIAL, JOB_ID_RUNNING
+from func_amqp.overlord.jobs import JOB_ID_FINISHED, JOB_ID_LOST_IN_SPACE, JOB_ID_PARTIAL, JOB_ID_RUNNING, new_job_id, new_record
+from func_amqp.errors import Code
+from func_amqp.protocol import codec, names
+from func_amqp.protocol.messages import JobTicket, MethodRequest
 from tests.conftest import MinionFactory, run_cli
 
 pytestmark = pytest.mark.broker
@@ -68,8 +73,11 @@ def _wait_for_state(job_id: str, minion: str, states: set[str], timeout: float =
 
 
 def _runs(minion: Any, method: str) -> int:
-    """How many times the minion's audit log says ``method`` ran to an end."""
-    return sum(1 for line in minion.audit_lines() if f"method={method} " in line)
+    """How many times the minion's audit log says ``method`` ran to an end (not refused)."""
+    return sum(
+        1 for line in minion.audit_lines()
+        if f"method={method} " in line and "outcome=refused:" not in line and "outcome=denied:" not in line
+    )
 
 
 def test_a_job_waits_for_a_stopped_minion(minions: MinionFactory, prefix: str) -> None:
@@ -370,3 +378,88 @@ def test_attach_shows_a_running_jobs_progress_and_logs(minions: MinionFactory, p
     assert f"{name}: stepping [6/6]" in attached.stderr
     record = asyncio.run(_record(job_id))
     assert record is not None and record["minions"][name]["progress"]["phase"] == "stepping"
+
+
+def test_the_private_broker_lets_a_job_hold_its_delivery_for_a_week(broker: Any) -> None:
+    """An hour-long build acknowledged at its end must not trip the consumer timeout."""
+    ctl = shutil.which("rabbitmqctl")
+    assert ctl is not None
+    status, output = broker._ctl_run(ctl, ["eval", "application:get_env(rabbit, consumer_timeout)."], 30)
+    assert status == 0 and output == f"{{ok,{CONSUMER_TIMEOUT_MS}}}", output
+    assert CONSUMER_TIMEOUT_MS >= 7 * 24 * 3600 * 1000
+
+
+def test_a_job_delivered_twice_runs_once(minions: MinionFactory, prefix: str) -> None:
+    """The broker delivers at least once: a second copy is answered from the ledger."""
+    name = f"{prefix}-1"
+    minion = minions.start(name)
+
+    async def submit_twice() -> str:
+        async with AsyncOverlord(name, timeout=10) as ol:
+            jobs = JobClient(ol)
+            job_id = new_job_id(name, "test", "echo")
+            record = new_record(job_id, jobs.owner, name, "test", "echo", ["once"], 60.0, None, None, [name])
+            await ol.rpc.transport.open_job_events(jobs.owner, None)
+            jobs.store.put(record)
+            request = MethodRequest("test", "echo", ["once"], record["expires"], name, JobTicket(job_id, jobs.owner))
+            env = ol.rpc.signed(request, f"{job_id}:{name}", name)
+            for _ in range(2):
+                await ol.rpc.transport.submit_job((names.JOBS_EXCHANGE, name), env)
+            return job_id
+
+    job_id = asyncio.run(submit_twice())
+    assert asyncio.run(_wait(job_id)) == (JOB_ID_FINISHED, {name: "once"})
+    deadline = time.time() + 10
+    while len([line for line in minion.audit_lines() if "method=test.echo " in line]) < 1 and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # the second copy has been handled by now
+    assert _runs(minion, "test.echo") == 1
+
+
+def _signed_job(ol: AsyncOverlord, jobs: JobClient, name: str, *, sign: bool = True) -> tuple[str, Any]:
+    job_id = new_job_id(name, "test", "echo")
+    record = new_record(job_id, jobs.owner, name, "test", "echo", ["x"], 60.0, None, None, [name])
+    jobs.store.put(record)
+    request = MethodRequest("test", "echo", ["x"], record["expires"], name, JobTicket(job_id, jobs.owner))
+    if sign:
+        return job_id, ol.rpc.signed(request, f"{job_id}:{name}", name)
+    return job_id, codec.encode(request, correlation_id=f"{job_id}:{name}", target=name)
+
+
+def test_an_unsigned_job_is_refused_without_a_word_about_the_job(minions: MinionFactory, prefix: str) -> None:
+    """Anyone on the broker can name a job id: a minion reports only on jobs it can
+    prove came from their owner, so a forgery cannot mark someone's job failed."""
+    name = f"{prefix}-1"
+    minion = minions.start(name)
+
+    async def forge() -> str:
+        async with AsyncOverlord(name, timeout=10) as ol:
+            jobs = JobClient(ol)
+            await ol.rpc.transport.open_job_events(jobs.owner, None)
+            job_id, env = _signed_job(ol, jobs, name, sign=False)
+            await ol.rpc.transport.submit_job((names.JOBS_EXCHANGE, name), env)
+            return job_id
+
+    job_id = asyncio.run(forge())
+    deadline = time.time() + 10
+    while "refused a job message (UNSIGNED)" not in minion.output() and time.time() < deadline:
+        time.sleep(0.2)
+    assert "refused a job message (UNSIGNED)" in minion.output()
+    assert asyncio.run(_wait(job_id, timeout=2)) == (JOB_ID_RUNNING, {})
+    assert _runs(minion, "test.echo") == 0
+
+
+def test_a_job_replayed_as_an_interactive_call_is_refused(minions: MinionFactory, prefix: str) -> None:
+    name = f"{prefix}-1"
+    minion = minions.start(name)
+
+    async def replay() -> Any:
+        async with AsyncOverlord(name, timeout=10) as ol:
+            jobs = JobClient(ol)
+            _, env = _signed_job(ol, jobs, name)
+            request = codec.decode(env, 1 << 20)
+            return await ol.rpc.request(name, request, 10)
+
+    reply = asyncio.run(replay())
+    assert reply.code == Code.BAD_REQUEST and "job queue" in reply.text
+    assert _runs(minion, "test.echo") == 0
