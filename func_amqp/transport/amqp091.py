@@ -26,7 +26,6 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractRobustChannel,
     AbstractRobustConnection,
-    AbstractRobustExchange,
     AbstractRobustQueue,
 )
 from func_amqp.broker.node import CONSUMER_TIMEOUT_MS
@@ -40,6 +39,17 @@ _log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 5.0
 RECONNECT_INTERVAL = 1.0
 MIN_EXPIRATION = 0.001  # seconds; AMQP expiration 0 means "deliver now or drop"
+EXCHANGES = (
+    (names.MINIONS_EXCHANGE, aio_pika.ExchangeType.DIRECT),
+    (names.BROADCAST_EXCHANGE, aio_pika.ExchangeType.FANOUT),
+    (names.EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC),
+    (names.JOBS_EXCHANGE, aio_pika.ExchangeType.DIRECT),
+    (names.POOLS_EXCHANGE, aio_pika.ExchangeType.DIRECT),
+    (names.JOB_EVENTS_EXCHANGE, aio_pika.ExchangeType.HEADERS),
+)
+"""The shared exchanges (docs/protocol.md §2, §14), declared by every connection."""
+DEFAULT_EXCHANGE = ""
+
 NOT_PERSISTENT = int(aio_pika.DeliveryMode.NOT_PERSISTENT)
 PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
 
@@ -222,12 +232,6 @@ class Amqp091Transport(Transport):
         self._connection: AbstractRobustConnection | None = None
         self._publish: AbstractRobustChannel | None = None
         self._consume: AbstractRobustChannel | None = None
-        self._minions: AbstractRobustExchange | None = None
-        self._broadcast: AbstractRobustExchange | None = None
-        self._events: AbstractRobustExchange | None = None
-        self._jobs: AbstractRobustExchange | None = None
-        self._pools: AbstractRobustExchange | None = None
-        self._job_events: AbstractRobustExchange | None = None
         self._bindings: list[tuple[AbstractRobustQueue, str, str]] = []
 
     # --- connection -----------------------------------------------------------------
@@ -249,24 +253,8 @@ class Amqp091Transport(Transport):
                 publisher_confirms=True, on_return_raises=True
             )
             self._consume = await self._connection.channel(publisher_confirms=False)
-            self._minions = await self._publish.declare_exchange(
-                names.MINIONS_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
-            )
-            self._broadcast = await self._publish.declare_exchange(
-                names.BROADCAST_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
-            )
-            self._events = await self._publish.declare_exchange(
-                names.EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
-            )
-            self._jobs = await self._publish.declare_exchange(
-                names.JOBS_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
-            )
-            self._pools = await self._publish.declare_exchange(
-                names.POOLS_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
-            )
-            self._job_events = await self._publish.declare_exchange(
-                names.JOB_EVENTS_EXCHANGE, aio_pika.ExchangeType.HEADERS, durable=True
-            )
+            for name, kind in EXCHANGES:  # the robust channel declares them again after a reconnect
+                await self._publish.declare_exchange(name, kind, durable=True)
         except CONNECTION_ERRORS as exc:
             await self.close()
             raise TransportError(f"cannot set up the broker topology at {masked_url(self.url)}: {exc}") from exc
@@ -306,7 +294,7 @@ class Amqp091Transport(Transport):
             raise _mapped_error(exc, what) from exc
 
     async def _publish_to(
-        self, exchange: AbstractRobustExchange | None, key: str, env: Envelope, what: str, mandatory: bool, persistent: bool = False
+        self, exchange: str, key: str, env: Envelope, what: str, mandatory: bool, persistent: bool = False
     ) -> None:
         publish, _ = self._require()
         # straight to the channel underneath, without _mapped's context manager: this
@@ -317,7 +305,7 @@ class Amqp091Transport(Transport):
             channel = await publish.get_underlay_channel()
             await channel.basic_publish(
                 env.body,
-                exchange=exchange.name if exchange is not None else "",
+                exchange=exchange,
                 routing_key=key,
                 properties=_properties(env, persistent),
                 mandatory=mandatory,
@@ -382,10 +370,10 @@ class Amqp091Transport(Transport):
                 await queue.unbind(exchange, routing_key=key)
 
     async def reply(self, reply_to: str, envelope: Envelope) -> None:
-        await self._publish_to(None, reply_to, envelope, f"cannot reply to {reply_to!r}", True)
+        await self._publish_to(DEFAULT_EXCHANGE, reply_to, envelope, f"cannot reply to {reply_to!r}", True)
 
     async def publish_event(self, key: str, envelope: Envelope) -> None:
-        await self._publish_to(self._events, key, envelope, "cannot publish an event", False)
+        await self._publish_to(names.EVENTS_EXCHANGE, key, envelope, "cannot publish an event", False)
 
     # --- overlord side -------------------------------------------------------------
 
@@ -403,10 +391,10 @@ class Amqp091Transport(Transport):
 
     async def send(self, target: str, envelope: Envelope, *, control: bool = False) -> None:
         key = names.control_key(target) if control else target
-        await self._publish_to(self._minions, key, envelope, f"minion {target!r} is not connected", True)
+        await self._publish_to(names.MINIONS_EXCHANGE, key, envelope, f"minion {target!r} is not connected", True)
 
     async def broadcast(self, envelope: Envelope) -> None:
-        await self._publish_to(self._broadcast, "", envelope, "cannot broadcast", False)
+        await self._publish_to(names.BROADCAST_EXCHANGE, "", envelope, "cannot broadcast", False)
 
     async def subscribe_events(self, pattern: str, handler: Handler) -> None:
         _, consume = self._require()
@@ -420,9 +408,6 @@ class Amqp091Transport(Transport):
             await queue.consume(on_message, no_ack=True)
 
     # --- durable jobs ----------------------------------------------------------------
-
-    def _exchange(self, name: str) -> AbstractRobustExchange | None:
-        return {names.JOBS_EXCHANGE: self._jobs, names.POOLS_EXCHANGE: self._pools}.get(name)
 
     async def serve_jobs(
         self, queue: str, route: tuple[str, str], handler: JobHandler, *, prefetch: int, delivery_limit: int | None = None
@@ -439,14 +424,13 @@ class Amqp091Transport(Transport):
         return consumer
 
     async def submit_job(self, route: tuple[str, str], envelope: Envelope) -> None:
-        exchange = self._exchange(route[0])
-        if exchange is None:
+        if route[0] not in (names.JOBS_EXCHANGE, names.POOLS_EXCHANGE):
             raise TransportError(f"no job exchange {route[0]!r}")
-        await self._publish_to(exchange, route[1], envelope, f"nothing takes jobs for {route[1]!r}", True, persistent=True)
+        await self._publish_to(route[0], route[1], envelope, f"nothing takes jobs for {route[1]!r}", True, persistent=True)
 
     async def publish_job_event(self, envelope: Envelope) -> None:
         owner = envelope.headers.get(names.H_OWNER)
-        await self._publish_to(self._job_events, "", envelope, f"no event queue for job owner {owner!r}", True, persistent=True)
+        await self._publish_to(names.JOB_EVENTS_EXCHANGE, "", envelope, f"no event queue for job owner {owner!r}", True, persistent=True)
 
     async def open_job_events(self, owner: str, handler: Handler | None) -> _JobConsumer | None:
         _, consume = self._require()

@@ -389,6 +389,18 @@ def test_the_private_broker_lets_a_job_hold_its_delivery_for_a_week(broker: Any)
     assert CONSUMER_TIMEOUT_MS >= 7 * 24 * 3600 * 1000
 
 
+def _signed_job(ol: AsyncOverlord, jobs: JobClient, name: str, *, sign: bool = True, argument: str = "x") -> tuple[str, Any]:
+    """A ``test.echo`` job for ``name``, recorded in the store but not sent: tests send
+    it their own way (twice, unsigned, to the wrong queue)."""
+    job_id = new_job_id(name, "test", "echo")
+    record = new_record(job_id, jobs.owner, name, "test", "echo", [argument], 60.0, None, None, [name])
+    jobs.store.put(record)
+    request = MethodRequest("test", "echo", [argument], record["expires"], name, JobTicket(job_id, jobs.owner))
+    if sign:
+        return job_id, ol.rpc.signed(request, f"{job_id}:{name}", name)
+    return job_id, codec.encode(request, correlation_id=f"{job_id}:{name}", target=name)
+
+
 def test_a_job_delivered_twice_runs_once(minions: MinionFactory, prefix: str) -> None:
     """The broker delivers at least once: a second copy is answered from the ledger."""
     name = f"{prefix}-1"
@@ -397,12 +409,8 @@ def test_a_job_delivered_twice_runs_once(minions: MinionFactory, prefix: str) ->
     async def submit_twice() -> str:
         async with AsyncOverlord(name, timeout=10) as ol:
             jobs = JobClient(ol)
-            job_id = new_job_id(name, "test", "echo")
-            record = new_record(job_id, jobs.owner, name, "test", "echo", ["once"], 60.0, None, None, [name])
             await ol.rpc.transport.open_job_events(jobs.owner, None)
-            jobs.store.put(record)
-            request = MethodRequest("test", "echo", ["once"], record["expires"], name, JobTicket(job_id, jobs.owner))
-            env = ol.rpc.signed(request, f"{job_id}:{name}", name)
+            job_id, env = _signed_job(ol, jobs, name, argument="once")
             for _ in range(2):
                 await ol.rpc.transport.submit_job((names.JOBS_EXCHANGE, name), env)
             return job_id
@@ -414,16 +422,6 @@ def test_a_job_delivered_twice_runs_once(minions: MinionFactory, prefix: str) ->
         time.sleep(0.2)
     time.sleep(1.0)  # the second copy has been handled by now
     assert _runs(minion, "test.echo") == 1
-
-
-def _signed_job(ol: AsyncOverlord, jobs: JobClient, name: str, *, sign: bool = True) -> tuple[str, Any]:
-    job_id = new_job_id(name, "test", "echo")
-    record = new_record(job_id, jobs.owner, name, "test", "echo", ["x"], 60.0, None, None, [name])
-    jobs.store.put(record)
-    request = MethodRequest("test", "echo", ["x"], record["expires"], name, JobTicket(job_id, jobs.owner))
-    if sign:
-        return job_id, ol.rpc.signed(request, f"{job_id}:{name}", name)
-    return job_id, codec.encode(request, correlation_id=f"{job_id}:{name}", target=name)
 
 
 def test_an_unsigned_job_is_refused_without_a_word_about_the_job(minions: MinionFactory, prefix: str) -> None:
