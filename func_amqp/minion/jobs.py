@@ -210,7 +210,7 @@ class JobWorker:
                     names.pool_queue(key),
                     (names.POOLS_EXCHANGE, key),
                     functools.partial(self._on_pool, pool),
-                    prefetch=1,
+                    prefetch=pool.slots,
                     delivery_limit=names.POOL_DELIVERY_LIMIT,
                 )
                 pool.consumers.append(consumer)
@@ -235,11 +235,16 @@ class JobWorker:
 
     # --- receiving ------------------------------------------------------------------
 
+    # Each job runs in a task of its own, not in the client library's delivery handler:
+    # aio-pika cancels those when the channel closes (a broker restart), and a job must
+    # outlive its channel to report its outcome; the broker's redelivery of it is then
+    # dropped (still running) or answered from the ledger (finished).
+
     async def _on_direct(self, delivery: JobDelivery) -> None:
-        await self._guarded(delivery, self.name, None)
+        self._spawn(self._guarded(delivery, self.name, None))
 
     async def _on_pool(self, pool: _Pool, delivery: JobDelivery) -> None:
-        await self._guarded(delivery, names.pool_target(pool.name), pool)
+        self._spawn(self._guarded(delivery, names.pool_target(pool.name), pool))
 
     async def _guarded(self, delivery: JobDelivery, target: str, pool: _Pool | None) -> None:
         """Nothing a job message does may stop the minion taking jobs."""
@@ -346,6 +351,10 @@ class JobWorker:
     async def _run_in_pool(self, pool: _Pool, job: _Admitted) -> None:
         pool.running += 1
         await self._adjust(pool)
+        await self._run_in_slot(pool, job)
+
+    async def _run_in_slot(self, pool: _Pool, job: _Admitted) -> None:
+        """Run a job whose slot is already counted, then give the slot to the next."""
         try:
             await self._run(job)
         finally:
@@ -354,14 +363,18 @@ class JobWorker:
             while pool.waiting and pool.running < pool.slots:
                 nxt = pool.waiting.popleft()
                 if self._waiting.pop(nxt.job_id, None) is not None:  # not cancelled meanwhile
-                    self._spawn(self._run_in_pool(pool, nxt))
+                    pool.running += 1
+                    self._spawn(self._run_in_slot(pool, nxt))
             await self._adjust(pool)
 
     async def _adjust(self, pool: _Pool) -> None:
-        """Consume the pool's queues only while a slot is free: the next job then goes to
-        a member that can start it."""
+        """Consume the pool's queues only while a slot is free, so the next job goes to a
+        member that can start it. With one queue its prefetch (the slots) does that
+        alone; with several (tags), a job may arrive just as they fill and wait here."""
+        if len(pool.consumers) < 2:
+            return
         async with pool.lock:
-            full = pool.running >= pool.slots or self.service.stopping
+            full = pool.running + len(pool.waiting) >= pool.slots or self.service.stopping
             if full == pool.paused:
                 return
             pool.paused = full

@@ -55,6 +55,7 @@ class JobClient:
         self.store = JobStore(overlord.paths.job_store_dir)
         self._collector: JobCollector | None = None
         self._events_ready = False
+        self._events_lock = asyncio.Lock()
 
     @property
     def collector(self) -> JobCollector:
@@ -105,9 +106,10 @@ class JobClient:
 
     async def _send(self, record: dict[str, Any]) -> None:
         rpc = self.overlord.rpc
-        if not self._events_ready:
-            await rpc.transport.open_job_events(self.owner, None)
-            self._events_ready = True
+        async with self._events_lock:  # once, however many submit at the same time
+            if not self._events_ready:
+                await rpc.transport.open_job_events(self.owner, None)
+                self._events_ready = True
         await submit(rpc.transport, self.store, rpc.signed, record, retry_until=time.time() + self.overlord.timeout)
 
     # --- reading ----------------------------------------------------------------------

@@ -461,3 +461,30 @@ def test_a_job_replayed_as_an_interactive_call_is_refused(minions: MinionFactory
     reply = asyncio.run(replay())
     assert reply.code == Code.BAD_REQUEST and "job queue" in reply.text
     assert _runs(minion, "test.echo") == 0
+
+
+def test_a_job_running_through_a_broker_restart_ends_once(broker: Any, minions: MinionFactory, prefix: str) -> None:
+    name = f"{prefix}-1"
+    minion = minions.start(name)
+    job_id = asyncio.run(_submit(name, "test", "sleep", 4))
+    _wait_for_state(job_id, name, {"started"})
+    broker.stop()
+    broker.start()
+    code, results = asyncio.run(_wait(job_id, timeout=90))
+    assert code == JOB_ID_FINISHED and isinstance(results[name], float), results
+    time.sleep(2.0)  # the redelivered copy, if any, has been handled by now
+    assert _runs(minion, "test.sleep") == 1
+    assert asyncio.run(_wait(asyncio.run(_submit(name, "test", "ping")))) == (JOB_ID_FINISHED, {name: 1})
+
+
+def test_a_member_runs_as_many_pool_jobs_at_once_as_it_has_slots(minions: MinionFactory, prefix: str) -> None:
+    pool = f"{prefix}-pool"
+    member = minions.start(f"{prefix}-1", conf=f"pools = {pool}:3\n")
+    job_ids = [asyncio.run(_pool_submit(pool, "test", "sleep", 2)) for _ in range(3)]
+    for job_id in job_ids:
+        code, _ = asyncio.run(_wait(job_id))
+        assert code == JOB_ID_FINISHED
+    records = [asyncio.run(_record(j)) for j in job_ids]
+    finished = [r["minions"][member.name]["at"] for r in records]  # type: ignore[index]
+    # sleeps of 2 s that overlap all end within about 2 s of each other
+    assert max(finished) - min(finished) < 1.5, finished
