@@ -893,7 +893,7 @@ class Abandoned(BaseException):
     """Raised from a signal handler so every ``finally`` still runs."""
 
 
-def _abandon(signum: int, _frame: object) -> None:
+def abandon_run(signum: int, _frame: object) -> None:
     raise Abandoned(f"stopped by signal {signal.Signals(signum).name}")
 
 
@@ -912,8 +912,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ[ENV_STATE_DIR] = str(state_dir)
     os.environ.pop(ENV_BROKER_URL, None)
 
-    signal.signal(signal.SIGALRM, _abandon)
-    signal.signal(signal.SIGTERM, _abandon)
+    signal.signal(signal.SIGALRM, abandon_run)
+    signal.signal(signal.SIGTERM, abandon_run)
     signal.alarm(max(1, int(args.max_seconds)))
     broker: PrivateBroker | None = None
     children: list[Child] = []
