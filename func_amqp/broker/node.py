@@ -828,18 +828,20 @@ def user_permissions(cn: str, role: str) -> UserPermissions:
     minions, broadcast, events = (
         esc(names.MINIONS_EXCHANGE), esc(names.BROADCAST_EXCHANGE), esc(names.EVENTS_EXCHANGE)
     )
-    jobs, pools, job_events = (
-        esc(names.JOBS_EXCHANGE), esc(names.POOLS_EXCHANGE), esc(names.JOB_EVENTS_EXCHANGE)
+    jobs, pools, job_events, cancels = (
+        esc(names.JOBS_EXCHANGE), esc(names.POOLS_EXCHANGE), esc(names.JOB_EVENTS_EXCHANGE), esc(names.CANCELS_EXCHANGE)
     )
-    job_exchanges = (jobs, pools, job_events)
+    job_exchanges = (jobs, pools, job_events, cancels)
     if role == ROLE_MINION:
-        own = (esc(names.minion_queue(cn)), esc(names.minion_presence_queue(cn)), esc(names.job_queue(cn)))
+        own = (
+            esc(names.minion_queue(cn)), esc(names.minion_presence_queue(cn)), esc(names.job_queue(cn)), esc(names.cancel_queue(cn))
+        )
         pool_queues = esc(names.POOL_QUEUE_PREFIX) + ".+"
         dead_letter = (esc(names.DEAD_LETTER_EXCHANGE), esc(names.DEAD_LETTER_QUEUE))
         return UserPermissions(
             configure=_one_of(*own, pool_queues, replies, minions, broadcast, events, *job_exchanges, *dead_letter),
             write=_one_of(*own, pool_queues, replies, events, job_events, *dead_letter, esc(DEFAULT_EXCHANGE)),
-            read=_one_of(*own, pool_queues, replies, minions, broadcast, jobs, pools, job_events, esc(names.DEAD_LETTER_EXCHANGE)),
+            read=_one_of(*own, pool_queues, replies, minions, broadcast, jobs, pools, job_events, cancels, esc(names.DEAD_LETTER_EXCHANGE)),
             event_write=_one_of(esc(names.heartbeat_key(cn))),
             event_read=NOTHING,
         )
@@ -848,7 +850,8 @@ def user_permissions(cn: str, role: str) -> UserPermissions:
         owners = esc(names.JOB_EVENTS_QUEUE_PREFIX) + ".+"
         return UserPermissions(
             configure=_one_of(replies, *unnamed, owners, minions, broadcast, events, *job_exchanges),
-            write=_one_of(replies, *unnamed, owners, minions, broadcast, jobs, pools),
+            # the dead-letter exchange: the job events exchange names it as its alternate
+            write=_one_of(replies, *unnamed, owners, minions, broadcast, jobs, pools, cancels, esc(names.DEAD_LETTER_EXCHANGE)),
             read=_one_of(replies, *unnamed, owners, events, job_events),
             event_write=NOTHING,
             event_read=ANY,

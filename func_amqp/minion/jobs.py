@@ -203,6 +203,16 @@ class JobWorker:
                     prefetch=self.service.settings.max_concurrent_calls,
                 )
             )
+        if self.pools:  # cancels of pool jobs nobody has taken yet, kept while it was down
+            self._consumers.append(
+                await transport.serve_jobs(
+                    names.cancel_queue(self.name),
+                    (names.CANCELS_EXCHANGE, ""),
+                    self._on_cancel,
+                    prefetch=self.service.settings.max_concurrent_calls,
+                    dead_letter=False,  # an expired cancel has nothing left to cancel
+                )
+            )
         for pool in self.pools.values():
             for subset in tag_subsets(self.tags):
                 key = names.pool_key(pool.name, subset)
@@ -246,6 +256,9 @@ class JobWorker:
     async def _on_pool(self, pool: _Pool, delivery: JobDelivery) -> None:
         self._spawn(self._guarded(delivery, names.pool_target(pool.name), pool))
 
+    async def _on_cancel(self, delivery: JobDelivery) -> None:
+        self._spawn(self._guarded(delivery, names.ANY_MINION, None))
+
     async def _guarded(self, delivery: JobDelivery, target: str, pool: _Pool | None) -> None:
         """Nothing a job message does may stop the minion taking jobs."""
         try:
@@ -278,13 +291,13 @@ class JobWorker:
         try:
             opcode = codec.check_envelope(env, self.service.settings.max_message_bytes)
             message = codec.decode(env, self.service.settings.max_message_bytes)
-            if isinstance(message, CancelRequest):  # queued behind a job, for a minion that was down
+            if isinstance(message, CancelRequest):  # behind a job in its queue, or for a pool
                 caller = self.service.gate.authenticate(env, opcode, target=target)
                 self.cancel(message.call_id, caller)
                 await delivery.ack()
                 return None
-            if not isinstance(message, MethodRequest) or message.job is None:
-                raise ProtocolError("only job requests belong in a job queue")
+            if not isinstance(message, MethodRequest) or message.job is None or target == names.ANY_MINION:
+                raise ProtocolError("only job requests and their cancels belong in a job queue")
             caller = self.service.gate.authenticate(env, opcode, target=target, job=True)
         except (ProtocolError, SecurityError) as exc:
             _log.warning("refused a job message (%s): %s", exc.code.name, exc)

@@ -181,8 +181,9 @@ class JobClient:
         """Stop the job wherever it has not ended: ``{minion: what happened}``.
 
         Running: the minion cancels it and reports it CANCELLED. Waiting in a minion's
-        queue: a cancel waits behind it, so it never starts. Waiting in a pool: every
-        member up now is told, and whichever takes it reports it CANCELLED.
+        queue: a cancel waits behind it, so it never starts. Waiting in a pool: the
+        cancel waits in every member's cancel queue (for members that are down too), and
+        whichever takes the job reports it CANCELLED without starting it.
         """
         record = await self.record(job_id)
         if record is None:
@@ -195,10 +196,11 @@ class JobClient:
             if state.final:
                 answers[name] = f"already {state.value}"
                 continue
-            if name.startswith("@"):
+            if name.startswith("@"):  # every member keeps it until the job expires, also while down
                 cid = f"{job_id}:{names.ANY_MINION}"
-                await rpc.transport.broadcast(rpc.signed(CancelRequest(cid, record["expires"]), cid, names.ANY_MINION))
-                answers[name] = "every member of the pool was told"
+                cancel = rpc.signed(CancelRequest(cid, record["expires"]), cid, names.ANY_MINION)
+                await rpc.transport.submit_job((names.CANCELS_EXCHANGE, ""), cancel)
+                answers[name] = "every member of the pool will refuse to start it"
                 continue
             cid = minion_call_id(job_id, name)
             if state is JobState.SENT and not record.get("pool"):

@@ -47,7 +47,12 @@ JOB_EVENTS_EXCHANGE = "func.job-events"
 """Headers exchange: job events (and dead-lettered job requests) are routed to their
 owner's durable queue by the ``x-func-amqp-owner`` header."""
 
+CANCELS_EXCHANGE = "func.cancels"
+"""Fanout exchange: cancels of pool jobs not yet taken, kept for every pool member in its
+durable queue until the job's time to live ends, so a member that was down hears them."""
+
 JOB_QUEUE_PREFIX = "func.jobs."
+CANCEL_QUEUE_PREFIX = "func.cancels."
 POOL_QUEUE_PREFIX = "func.pool."
 JOB_EVENTS_QUEUE_PREFIX = "func.job-events."
 
@@ -114,6 +119,11 @@ ANY_MINION = "*"
 def pool_target(pool: str) -> str:
     """What a pool job names as its signed target: any member of the pool may run it."""
     return "@" + pool
+
+
+def cancel_queue(name: str) -> str:
+    """The durable queue of pool-job cancels for minion ``name``."""
+    return CANCEL_QUEUE_PREFIX + name
 
 
 def job_events_queue(owner: str) -> str:

@@ -39,13 +39,16 @@ _log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 5.0
 RECONNECT_INTERVAL = 1.0
 MIN_EXPIRATION = 0.001  # seconds; AMQP expiration 0 means "deliver now or drop"
-EXCHANGES = (
-    (names.MINIONS_EXCHANGE, aio_pika.ExchangeType.DIRECT),
-    (names.BROADCAST_EXCHANGE, aio_pika.ExchangeType.FANOUT),
-    (names.EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC),
-    (names.JOBS_EXCHANGE, aio_pika.ExchangeType.DIRECT),
-    (names.POOLS_EXCHANGE, aio_pika.ExchangeType.DIRECT),
-    (names.JOB_EVENTS_EXCHANGE, aio_pika.ExchangeType.HEADERS),
+EXCHANGES: tuple[tuple[str, aio_pika.ExchangeType, dict[str, Any] | None], ...] = (
+    (names.MINIONS_EXCHANGE, aio_pika.ExchangeType.DIRECT, None),
+    (names.BROADCAST_EXCHANGE, aio_pika.ExchangeType.FANOUT, None),
+    (names.EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, None),
+    (names.JOBS_EXCHANGE, aio_pika.ExchangeType.DIRECT, None),
+    (names.POOLS_EXCHANGE, aio_pika.ExchangeType.DIRECT, None),
+    # what reaches no owner (a refused message without one) goes to the operator's dead
+    # letters: quorum queues retry an unroutable at-least-once dead letter for ever
+    (names.JOB_EVENTS_EXCHANGE, aio_pika.ExchangeType.HEADERS, {"alternate-exchange": names.DEAD_LETTER_EXCHANGE}),
+    (names.CANCELS_EXCHANGE, aio_pika.ExchangeType.FANOUT, None),
 )
 """The shared exchanges (docs/protocol.md §2, §14), declared by every connection."""
 DEFAULT_EXCHANGE = ""
@@ -164,15 +167,16 @@ class _Delivery:
             await self._message.reject(requeue=True)
 
 
-def _durable_queue_arguments(delivery_limit: int | None) -> dict[str, Any]:
-    """Quorum queues (replicated in a cluster, durable on one node); what they give up
-    (expired jobs, a poison job past its delivery limit) goes to the owner's event queue."""
-    arguments: dict[str, Any] = {
-        "x-queue-type": "quorum",
-        "x-dead-letter-exchange": names.JOB_EVENTS_EXCHANGE,
-        "x-dead-letter-strategy": "at-least-once",
-        "x-overflow": "reject-publish",
-    }
+def _durable_queue_arguments(delivery_limit: int | None, dead_letter: bool) -> dict[str, Any]:
+    """Quorum queues (replicated in a cluster, durable on one node); what a job queue
+    gives up (expired jobs, a poison job past its delivery limit) goes to the owner."""
+    arguments: dict[str, Any] = {"x-queue-type": "quorum"}
+    if dead_letter:
+        arguments.update({
+            "x-dead-letter-exchange": names.JOB_EVENTS_EXCHANGE,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        })
     if delivery_limit is not None:
         arguments["x-delivery-limit"] = delivery_limit
     return arguments
@@ -253,8 +257,8 @@ class Amqp091Transport(Transport):
                 publisher_confirms=True, on_return_raises=True
             )
             self._consume = await self._connection.channel(publisher_confirms=False)
-            for name, kind in EXCHANGES:  # the robust channel declares them again after a reconnect
-                await self._publish.declare_exchange(name, kind, durable=True)
+            for name, kind, arguments in EXCHANGES:  # the robust channel declares them again after a reconnect
+                await self._publish.declare_exchange(name, kind, durable=True, arguments=arguments)
         except CONNECTION_ERRORS as exc:
             await self.close()
             raise TransportError(f"cannot set up the broker topology at {masked_url(self.url)}: {exc}") from exc
@@ -410,21 +414,21 @@ class Amqp091Transport(Transport):
     # --- durable jobs ----------------------------------------------------------------
 
     async def serve_jobs(
-        self, queue: str, route: tuple[str, str], handler: JobHandler, *, prefetch: int, delivery_limit: int | None = None
+        self, queue: str, route: tuple[str, str], handler: JobHandler, *, prefetch: int, delivery_limit: int | None = None, dead_letter: bool = True
     ) -> _JobConsumer:
         if self._connection is None:
             raise TransportError("the transport is not connected; call connect() first")
         async with self._mapped(f"cannot consume the job queue {queue!r}"):
             channel = await self._connection.channel(publisher_confirms=False)
             await channel.set_qos(prefetch_count=prefetch)
-            declared = await channel.declare_queue(queue, durable=True, arguments=_durable_queue_arguments(delivery_limit))
+            declared = await channel.declare_queue(queue, durable=True, arguments=_durable_queue_arguments(delivery_limit, dead_letter))
             await declared.bind(route[0], routing_key=route[1])
             consumer = _JobConsumer(declared, handler)
             await consumer.resume()
         return consumer
 
     async def submit_job(self, route: tuple[str, str], envelope: Envelope) -> None:
-        if route[0] not in (names.JOBS_EXCHANGE, names.POOLS_EXCHANGE):
+        if route[0] not in (names.JOBS_EXCHANGE, names.POOLS_EXCHANGE, names.CANCELS_EXCHANGE):
             raise TransportError(f"no job exchange {route[0]!r}")
         await self._publish_to(route[0], route[1], envelope, f"nothing takes jobs for {route[1]!r}", True, persistent=True)
 

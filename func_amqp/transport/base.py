@@ -146,13 +146,17 @@ class Transport(abc.ABC):
     def _no_jobs(self) -> TransportError:
         return TransportError(f"jobs need a broker: {masked_url(self.url)} keeps no durable queues")
 
-    async def serve_jobs(self, queue: str, route: tuple[str, str], handler: JobHandler, *, prefetch: int, delivery_limit: int | None = None) -> WorkConsumer:
+    async def serve_jobs(
+        self, queue: str, route: tuple[str, str], handler: JobHandler, *, prefetch: int, delivery_limit: int | None = None, dead_letter: bool = True
+    ) -> WorkConsumer:
         """Consume durable queue ``queue`` (created if missing, bound by ``route``:
-        exchange and key), with manual settlement and at most ``prefetch`` unsettled."""
+        exchange and key), with manual settlement and at most ``prefetch`` unsettled;
+        with ``dead_letter``, what it gives up goes back to its owner."""
         raise self._no_jobs()
 
     async def submit_job(self, route: tuple[str, str], envelope: Envelope) -> None:
-        """Publish a job persistently and confirmed; Unroutable when no queue takes it."""
+        """Publish a job (or a cancel of one) persistently and confirmed to ``route``
+        (exchange, routing key); Unroutable when no queue takes it."""
         raise self._no_jobs()
 
     async def publish_job_event(self, envelope: Envelope) -> None:

@@ -488,3 +488,16 @@ def test_a_member_runs_as_many_pool_jobs_at_once_as_it_has_slots(minions: Minion
     finished = [r["minions"][member.name]["at"] for r in records]  # type: ignore[index]
     # sleeps of 2 s that overlap all end within about 2 s of each other
     assert max(finished) - min(finished) < 1.5, finished
+
+
+def test_a_pool_job_cancelled_while_every_member_was_down_never_starts(minions: MinionFactory, prefix: str) -> None:
+    pool = f"{prefix}-pool"
+    conf = f"pools = {pool}:1\n"
+    minions.start(f"{prefix}-1", conf=conf).stop()  # the pool's queues exist; nobody serves them
+    job_id = asyncio.run(_pool_submit(pool, "test", "echo", "never"))
+    answers = asyncio.run(_cancel(job_id))
+    assert answers == {f"@{pool}": "every member of the pool will refuse to start it"}
+    member = minions.start(f"{prefix}-1", conf=conf, enrolled=False)
+    code, results = asyncio.run(_wait(job_id))
+    assert code == JOB_ID_FINISHED and "cancelled" in results[member.name][2], results
+    assert _runs(member, "test.echo") == 0
