@@ -161,9 +161,10 @@ class AuditLog:
         self.path = Path(path) if path is not None else None
         self._lock = threading.Lock()
         self._fd: int | None = None
+        self._held: tuple[int, int] | None = None  # (device, inode) of the open file
         if self.path is not None:
             try:
-                self._fd = _open_append(self.path)
+                self._open(self.path)
             except OSError as exc:
                 raise ConfigError(
                     f"cannot open the audit log {self.path}: {exc.strerror or exc}. "
@@ -175,15 +176,19 @@ class AuditLog:
         if self._fd is not None:
             try:
                 on_disk = os.stat(path)
-                held = os.fstat(self._fd)
-                if (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino):
+                if (on_disk.st_dev, on_disk.st_ino) == self._held:
                     return self._fd
             except FileNotFoundError:
                 pass
             os.close(self._fd)
             self._fd = None
-        self._fd = _open_append(path)
-        return self._fd
+        return self._open(path)
+
+    def _open(self, path: Path) -> int:
+        fd = _open_append(path)
+        held = os.fstat(fd)
+        self._fd, self._held = fd, (held.st_dev, held.st_ino)
+        return fd
 
     def _write(self, path: Path, line: str) -> None:
         data = (line + "\n").encode("ascii")

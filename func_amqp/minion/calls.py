@@ -47,8 +47,9 @@ class InFlightCall:
         self._pending_lines: list[str] = []
         self._dropped = 0
         self._flush_handle: asyncio.TimerHandle | None = None
-        self._outbox: asyncio.Queue[ProgressIndication | LogIndication | None] = asyncio.Queue()
-        self._pump: asyncio.Task[None] | None = None  # started by the first indication
+        # made by the first indication: most calls (a ping, say) report nothing
+        self._outbox: asyncio.Queue[ProgressIndication | LogIndication | None] | None = None
+        self._pump: asyncio.Task[None] | None = None
         self._catch_up: set[asyncio.Task[None]] = set()
         self.context = CallContext(call_id, on_progress=self._progress_from_thread, on_log=self._log_from_thread)
 
@@ -92,7 +93,7 @@ class InFlightCall:
         lines, self._pending_lines = self._pending_lines, []
         for start in range(0, len(lines), LOG_BATCH):
             batch = lines[start : start + LOG_BATCH]
-            if self._outbox.qsize() >= MAX_QUEUED_BATCHES:
+            if self._outbox is not None and self._outbox.qsize() >= MAX_QUEUED_BATCHES:
                 self._dropped += len(batch)  # reported with the next flush
                 continue
             self._queue(LogIndication(batch))
@@ -111,13 +112,14 @@ class InFlightCall:
     def _queue(self, item: ProgressIndication | LogIndication) -> None:
         """Hand an indication to the pump, starting it on first use: most calls (a
         ping, say) report nothing and need no task of their own."""
-        if self._pump is None:
-            self._pump = self._loop.create_task(self._pump_outbox())
+        if self._outbox is None:
+            self._outbox = asyncio.Queue()
+            self._pump = self._loop.create_task(self._pump_outbox(self._outbox))
         self._outbox.put_nowait(item)
 
-    async def _pump_outbox(self) -> None:
+    async def _pump_outbox(self, outbox: asyncio.Queue[ProgressIndication | LogIndication | None]) -> None:
         while True:
-            item = await self._outbox.get()
+            item = await outbox.get()
             if item is None:
                 return
             for reply_to, correlation_id in list(self.followers):
@@ -138,6 +140,6 @@ class InFlightCall:
         self.finished = True
         if self._catch_up:
             await asyncio.gather(*self._catch_up)
-        if self._pump is not None:
+        if self._outbox is not None and self._pump is not None:
             self._outbox.put_nowait(None)
             await self._pump

@@ -148,15 +148,22 @@ def _to_envelope(msg: AbstractIncomingMessage) -> Envelope:
 class _Delivery:
     """Settles one AMQP delivery; settling twice or after a reconnect is harmless."""
 
-    __slots__ = ("envelope", "_message")
+    __slots__ = ("envelope", "_message", "_acked")
 
     def __init__(self, message: AbstractIncomingMessage) -> None:
         self.envelope = _to_envelope(message)
         self._message = message
+        self._acked = False
 
     async def ack(self) -> None:
-        with contextlib.suppress(*CONNECTION_ERRORS, aio_pika.exceptions.MessageProcessError):
-            await self._message.ack()
+        """Queue basic.ack without waiting for the socket to drain: the broker never
+        answers an ack, and frames leave in order, so it still precedes the reply."""
+        if self._acked:
+            return
+        self._acked = True
+        message = self._message
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            await message.channel.basic_ack(message.delivery_tag, wait=False)  # type: ignore[arg-type]
 
     async def reject(self) -> None:
         with contextlib.suppress(*CONNECTION_ERRORS, aio_pika.exceptions.MessageProcessError):
