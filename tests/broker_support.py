@@ -6,10 +6,12 @@ import contextlib
 import shutil
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 from func_amqp.broker.node import PrivateBroker
 from func_amqp.config import Paths
+from func_amqp.protocol import names
 
 
 @contextlib.contextmanager
@@ -36,3 +38,20 @@ def running_broker(state_dir: Path, timeout: float = 60.0) -> Iterator[PrivateBr
         yield broker
     finally:
         broker.stop()
+
+
+def malformed_request(i: int) -> tuple[bytes, dict[str, Any]]:
+    """The i-th of five kinds of broken request (body, headers): undecodable, no object
+    id, an unknown opcode, a future protocol, a deadline that is not a number."""
+    kind = i % 5
+    headers: dict[str, Any] = {names.H_OPCODE: "_method_request"}
+    body = b"\xff" * (i % 13)
+    if kind == 1:
+        body = b'{"_object_id": 5}'
+    elif kind == 2:
+        headers = {names.H_OPCODE: "_nonsense"}
+    elif kind == 3:
+        headers = {names.H_OPCODE: "_method_request", names.H_PROTOCOL: 7}
+    elif kind == 4:
+        headers = {names.H_OPCODE: "_method_request", names.H_DEADLINE: "soon"}
+    return body, headers

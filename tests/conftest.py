@@ -22,6 +22,7 @@ from func_amqp.config import ENV_BROKER_URL, ENV_CONFIG_DIR, ENV_JOB_OWNER, ENV_
 from func_amqp.overlord.session import Session
 from func_amqp.security.credentials import issue_locally
 from func_amqp.security.keys import HostIdentity
+from func_amqp.transport import amqp10_url
 from tests.broker_support import node_state_dir, running_broker
 
 MINION_READY_TIMEOUT = 30.0
@@ -54,11 +55,32 @@ def broker() -> Iterator[object]:
             Session.close_shared()  # before the node goes, or its clients retry noisily
 
 
+TRANSPORTS_ATTRIBUTE = "TRANSPORTS"
+"""A test module that sets ``TRANSPORTS = BOTH_TRANSPORTS`` runs each broker test over
+each transport; others use AMQP 0-9-1 alone. ``@pytest.mark.transports(...)`` narrows
+one test."""
+AMQP091, AMQP10 = "amqp091", "amqp10"
+BOTH_TRANSPORTS = (AMQP091, AMQP10)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "transport" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("transports")
+        transports = marker.args if marker else getattr(metafunc.module, TRANSPORTS_ATTRIBUTE, (AMQP091,))
+        metafunc.parametrize("transport", transports, indirect=True)
+
+
 @pytest.fixture
-def broker_url(broker: object) -> str:
+def transport(request: pytest.FixtureRequest) -> str:
+    """The transport a broker test runs over (AMQP 1.0 through the node's plugin)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def broker_url(broker: object, transport: str) -> str:
     url = broker.url  # type: ignore[attr-defined]
     assert url, "the session broker is not running"
-    return str(url)
+    return amqp10_url(str(url)) if transport == AMQP10 else str(url)
 
 
 @pytest.fixture

@@ -47,6 +47,7 @@ from cryptography import x509
 
 from func_amqp.config import Paths
 from func_amqp.errors import BrokerError
+from func_amqp.broker.definitions import definitions_json
 from func_amqp.files import write_text_atomic
 from func_amqp.protocol import names
 from func_amqp.security.ca import CertificateAuthority
@@ -117,6 +118,11 @@ SERVER_DNS_NAMES = (NODE_HOST,)
 SERVER_IP_ADDRESSES = (LISTEN_HOST,)
 SERVER_CERT_RENEWAL = timedelta(days=30)  # issue a new one when the old expires sooner
 SSL_AUTH_PLUGIN = "rabbitmq_auth_mechanism_ssl"
+AMQP10_PLUGIN = "rabbitmq_amqp1_0"
+"""AMQP 1.0 on the same port, for the amqp10:// transport."""
+DEFINITIONS_FILE = "definitions.json"
+"""func-amqp's exchanges, imported after boot: AMQP 1.0 clients cannot declare them.
+(Not ``load_definitions``: a node that loads definitions at boot makes no guest user.)"""
 PLUGIN_LIST_RE = re.compile(r"\s*\[([a-z0-9_,\s]*)\]\s*\.\s*")
 CA_INIT_COMMAND = "func-amqp ca --init"
 
@@ -275,6 +281,7 @@ class PrivateBroker:
                 # Alive but not listening: booting from an interrupted start, or wedged.
                 self._await_boot(ctl, None, deadline, timeout)
                 self._settle_guest(ctl, deadline)
+                self._import_definitions(ctl, deadline)
             else:
                 self._launch(server, ctl, deadline, timeout, want_tls)
             state = self._load_state()
@@ -367,6 +374,7 @@ class PrivateBroker:
         try:
             self._await_boot(ctl, proc, deadline, timeout)
             self._settle_guest(ctl, deadline)
+            self._import_definitions(ctl, deadline)
         except BaseException:
             self._kill_half_started()
             raise
@@ -448,12 +456,14 @@ class PrivateBroker:
             conf = (
                 f"listeners.tcp.default = {LISTEN_HOST}:{state.amqp}\n"
             )
+        _write_atomic(self.directory / DEFINITIONS_FILE, definitions_json())
         conf += f"loopback_users.guest = true\nconsumer_timeout = {CONSUMER_TIMEOUT_MS}\n"
         _write_atomic(self.directory / f"{CONFIG_BASENAME}.conf", conf)
         plugins = self.directory / ENABLED_PLUGINS_FILE
         if not plugins.exists():
             # An explicit empty list, so the system's enabled_plugins is not used.
             _write_atomic(plugins, "[].\n")
+        self._enable_plugin(AMQP10_PLUGIN)
         if state.tls:
             self._enable_plugin(SSL_AUTH_PLUGIN)
 
@@ -513,6 +523,12 @@ class PrivateBroker:
             and cert.not_valid_after_utc - datetime.now(timezone.utc) > SERVER_CERT_RENEWAL
             and not ca.is_revoked(cert)
         )
+
+    def _import_definitions(self, ctl: str, deadline: float) -> None:
+        """Declare func-amqp's exchanges, for AMQP 1.0 clients that cannot."""
+        path = self.directory.absolute() / DEFINITIONS_FILE
+        remaining = max(deadline - time.monotonic(), CTL_GRACE)
+        self._ctl_checked(ctl, ["import_definitions", str(path)], timeout=remaining)
 
     def _settle_guest(self, ctl: str, deadline: float) -> None:
         """Strip ``guest`` of its permissions in TLS mode, and give them back after.

@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fnmatch
+import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from func_amqp import __version__
+from func_amqp.broker.definitions import definitions_json
 from func_amqp.broker.node import ROLES, PrivateBroker
 from func_amqp.cli.common import (
     EXIT_FAILED,
@@ -36,6 +38,7 @@ from func_amqp.minion.daemon import run_until_signalled
 from func_amqp.overlord.caller import AsyncOverlord
 from func_amqp.overlord.directory import MinionDirectory
 from func_amqp.security.ca import CertificateAuthority
+from func_amqp.transport import amqp10_url
 
 if TYPE_CHECKING:
     from func_amqp.cli.common import Subcommands
@@ -69,7 +72,16 @@ class BrokerCommands(CommandGroup):
         )
         status.set_defaults(handler=self.status)
         url = actions.add_parser("url", help="print the URL of the running node")
+        url.add_argument(
+            "--amqp10", action="store_true", help="the URL for the AMQP 1.0 transport (amqp10://) instead"
+        )
         url.set_defaults(handler=self.url)
+        definitions = actions.add_parser(
+            "definitions",
+            help="print func-amqp's exchanges as RabbitMQ definitions, for "
+            "'rabbitmqctl import_definitions' on a broker that AMQP 1.0 clients use",
+        )
+        definitions.set_defaults(handler=self.definitions)
         grant = actions.add_parser(
             "grant", help="let the certificate named CN log in to the running node, confined to a role"
         )
@@ -118,7 +130,11 @@ class BrokerCommands(CommandGroup):
             return _error(
                 f"the private broker is not running; start it with '{PROG} broker start'"
             )
-        print(url)
+        print(amqp10_url(url) if args.amqp10 else url)
+        return EXIT_OK
+
+    def definitions(self, args: argparse.Namespace, paths: Paths) -> int:
+        sys.stdout.write(definitions_json())
         return EXIT_OK
 
 

@@ -30,6 +30,7 @@ from func_amqp.security.credentials import Credentials, broker_tls, crl_path, fr
 from func_amqp.security.tls import wants_tls
 from func_amqp.security.keys import HostIdentity, clean_command
 from func_amqp.transport import Transport, transport_for_url
+from func_amqp.transport.base import masked_url, name_taken
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,6 +40,8 @@ AUDIT_TO_LOGGER = "none"
 
 SHUTDOWN_GRACE = 10.0
 """Seconds running calls get to finish after SIGTERM before funcd exits."""
+NAMESAKE_PROBE_TIMEOUT = 2.0
+"""How long a starting minion waits for another of its name to answer (AMQP 1.0)."""
 
 LOOPBACK_PREFIXES = ("127.", "::1")
 
@@ -159,7 +162,7 @@ class Minion:
         if not (cfg.jobs or cfg.pool_slots):
             return None
         if not service.transport.keeps_jobs:
-            _log.warning("%s keeps no durable jobs: this minion takes interactive calls only", service.transport.url)
+            _log.warning("%s keeps no durable jobs: this minion takes interactive calls only", masked_url(service.transport.url))
             return None
         ledger = JobLedger(self.paths.job_ledger(self.name))
         return JobWorker(service, ledger, direct=cfg.jobs, pools=cfg.pool_slots, tags=cfg.tag_map)
@@ -183,6 +186,12 @@ class Minion:
 
     # --- serving ----------------------------------------------------------------------
 
+    async def _refuse_namesake(self, transport: Transport) -> None:
+        """A transport that cannot hold a name for one minion (AMQP 1.0) asks first
+        whether another minion of this name answers."""
+        if not transport.reports_unroutable and await _namesake_answers(transport, self.name, self.config.max_message_bytes):
+            raise name_taken(self.name)
+
     async def serve(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then shut down gracefully."""
         transport = transport_for_url(self.broker_url, self.broker_tls())
@@ -192,10 +201,11 @@ class Minion:
             gate = await _until(stop, self._secure(transport, background))
             if gate is None:
                 return
+            await self._refuse_namesake(transport)
             service = MinionService(transport, self.interface, self.settings(), gate=gate, audit=self.audit_log())
             service.jobs = self.job_worker(service)
             await service.start()
-            _log.info("minion %s connected to %s", self.name, transport.url)
+            _log.info("minion %s connected to %s", self.name, masked_url(transport.url))
             await stop.wait()
             _log.info("stopping")
             await service.stop(SHUTDOWN_GRACE)
@@ -204,6 +214,12 @@ class Minion:
             for task in background:
                 task.cancel()
             await transport.close()
+
+
+async def _namesake_answers(transport: Transport, name: str, max_message_bytes: int) -> bool:
+    rpc = RpcClient(transport, max_message_bytes)
+    await rpc.start()
+    return await rpc.probe(name, NAMESAKE_PROBE_TIMEOUT)
 
 
 async def _until(stop: asyncio.Event, work: Awaitable[T]) -> T | None:

@@ -336,8 +336,8 @@ class MinionService:
             await self._subscribe(env, request)
             return
         if isinstance(request, AgentLocateRequest):
-            if not self.settings.discoverable:
-                return
+            if request.name != self.settings.name and (request.name or not self.settings.discoverable):
+                return  # a probe for another minion, or a broadcast this one keeps out of
             answer: Reply = AgentLocateResponse(self.agent_info())
         elif isinstance(request, CancelRequest):
             answer = self._cancel(request, caller)

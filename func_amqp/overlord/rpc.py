@@ -55,6 +55,11 @@ _log = logging.getLogger(__name__)
 IndicationListener = Callable[[Indication], None]
 
 SEND_RETRY_INTERVAL = 0.2
+PRESENCE_PROBE_AFTER = 0.5
+"""On a transport that cannot tell an absent minion (AMQP 1.0), a call not answered
+within this many seconds has its minion's presence probed..."""
+PRESENCE_PROBE_TIMEOUT = 2.0
+"""...and fails as 'not connected' when the probe gets no answer within this many."""
 LOCATE_GRACE = 0.05
 """Seconds to keep listening after every expected minion answered a locate."""
 
@@ -190,7 +195,9 @@ class RpcClient:
                 async with asyncio.timeout(timeout):
                     await self._send(target, env, deadline, not isinstance(message, MethodRequest))
                 async with asyncio.timeout(max(deadline - time.time(), 0)):
-                    return await future
+                    if self.transport.reports_unroutable:
+                        return await future
+                    return await self._reply_unless_absent(target, future, timeout)
             except Unroutable:
                 raise MinionUnreachable(
                     f"minion {target} is not connected to the broker (is funcd running there?)"
@@ -201,6 +208,52 @@ class RpcClient:
             self._pending.pop(cid, None)
             self._listeners.pop(cid, None)
             self._targets.pop(cid, None)
+
+    async def _reply_unless_absent(self, target: str, future: asyncio.Future[Reply], timeout: float) -> Reply:
+        """The reply; Unroutable if it is slow and a presence probe finds nobody."""
+        await asyncio.wait({future}, timeout=PRESENCE_PROBE_AFTER)
+        if future.done():
+            return future.result()
+        probe = asyncio.get_running_loop().create_task(self.probe(target, min(PRESENCE_PROBE_TIMEOUT, timeout)))
+        try:
+            await asyncio.wait({future, probe}, return_when=asyncio.FIRST_COMPLETED)
+            if not future.done() and not probe.result():
+                raise Unroutable(f"minion {target} did not answer a presence probe")
+            return await future
+        finally:
+            probe.cancel()
+
+    async def probe(self, target: str, timeout: float) -> bool:
+        """Whether minion ``target`` answers a locate addressed to it within ``timeout``.
+
+        Sent on its control route, so a minion whose call slots are full still answers;
+        a refusal counts as present, and so does a failure to send (the call's own
+        timeout then decides).
+        """
+        if self._reply_to is None:
+            raise RuntimeError("RpcClient.start() was not called")
+        cid = uuid.uuid4().hex
+        collector: asyncio.Queue[Reply] = asyncio.Queue()
+        self._collectors[cid] = collector
+        deadline = time.time() + timeout
+        try:
+            env = self._envelope(AgentLocateRequest(deadline, target), cid, None)
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.transport.send(target, env, control=True)
+            except (TransportError, asyncio.TimeoutError):
+                return True
+            while (remaining := deadline - time.time()) > 0:
+                try:
+                    reply = await asyncio.wait_for(collector.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+                if isinstance(reply, AgentLocateResponse):
+                    return reply.agent.name == target and not reply.agent.stopping
+                return True  # a refusal (an unsigned probe, say): still, someone is there
+            return False
+        finally:
+            self._collectors.pop(cid, None)
 
     async def _send(self, target: str, env: Envelope, deadline: float, control: bool) -> None:
         """Send, riding out a broker reconnect until the deadline."""

@@ -160,7 +160,7 @@ def _body(message: Message) -> tuple[Opcode, Any]:
         case QueryResponse():
             return Opcode.QUERY_RESPONSE, message.data
         case AgentLocateRequest():
-            return Opcode.AGENT_LOCATE_REQUEST, {}
+            return Opcode.AGENT_LOCATE_REQUEST, {"_name": message.name} if message.name else {}
         case AgentLocateResponse():
             return Opcode.AGENT_LOCATE_RESPONSE, {"_values": _agent_values(message.agent)}
         case AgentHeartbeat():
@@ -460,6 +460,14 @@ def _decode_query_response(body: Any, env: Envelope) -> QueryResponse:
     return QueryResponse(body)
 
 
+def _located_name(body: Any) -> str:
+    """The agent a locate asks for; other bodies (QMF predicates) are not interpreted."""
+    name = body.get("_name", "") if isinstance(body, dict) else ""
+    if not isinstance(name, str):
+        raise ProtocolError("malformed message: '_name' must be a string")
+    return name
+
+
 _DECODERS: dict[Opcode, Callable[[Any, Envelope], Message]] = {
     Opcode.METHOD_REQUEST: _decode_method_request,
     Opcode.METHOD_RESPONSE: lambda body, env: MethodResponse(
@@ -468,7 +476,7 @@ _DECODERS: dict[Opcode, Callable[[Any, Envelope], Message]] = {
     Opcode.EXCEPTION: _decode_exception,
     Opcode.QUERY_REQUEST: _decode_query_request,
     Opcode.QUERY_RESPONSE: _decode_query_response,
-    Opcode.AGENT_LOCATE_REQUEST: lambda body, env: AgentLocateRequest(env.deadline or 0.0),
+    Opcode.AGENT_LOCATE_REQUEST: lambda body, env: AgentLocateRequest(env.deadline or 0.0, _located_name(body)),
     Opcode.AGENT_LOCATE_RESPONSE: lambda body, env: AgentLocateResponse(_decode_agent(body, env)),
     Opcode.AGENT_HEARTBEAT: lambda body, env: AgentHeartbeat(_decode_agent(body, env)),
     Opcode.DATA_INDICATION: _decode_data_indication,

@@ -85,6 +85,9 @@ class QueryResponse:
 @dataclass(frozen=True)
 class AgentLocateRequest:
     deadline: float = 0.0
+    name: str = ""
+    """Only the minion of this name answers (a presence probe), even one that is not
+    discoverable; empty: every minion that hears it."""
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,8 @@ DEAD_LETTER_QUEUE = "func.dead-letters"
 """Where rejected messages without a reply address go, for an operator to inspect."""
 
 DEAD_LETTER_MAX_LENGTH = 10_000
+DEAD_LETTER_QUEUE_ARGUMENTS: dict[str, str | int] = {"x-max-length": DEAD_LETTER_MAX_LENGTH, "x-overflow": "drop-head"}
+"""The oldest dead letters go first once the queue is full."""
 
 JOBS_EXCHANGE = "func.jobs"
 """Direct exchange for jobs (durable requests): routing key = minion name, bound to the
@@ -50,6 +52,21 @@ owner's durable queue by the ``x-func-amqp-owner`` header."""
 CANCELS_EXCHANGE = "func.cancels"
 """Fanout exchange: cancels of pool jobs not yet taken, kept for every pool member in its
 durable queue until the job's time to live ends, so a member that was down hears them."""
+
+EXCHANGES: tuple[tuple[str, str, dict[str, str] | None], ...] = (
+    (MINIONS_EXCHANGE, "direct", None),
+    (BROADCAST_EXCHANGE, "fanout", None),
+    (EVENTS_EXCHANGE, "topic", None),
+    (JOBS_EXCHANGE, "direct", None),
+    (POOLS_EXCHANGE, "direct", None),
+    # what reaches no owner (a refused message without one) goes to the operator's dead
+    # letters: quorum queues retry an unroutable at-least-once dead letter for ever
+    (JOB_EVENTS_EXCHANGE, "headers", {"alternate-exchange": DEAD_LETTER_EXCHANGE}),
+    (CANCELS_EXCHANGE, "fanout", None),
+)
+"""The shared exchanges (name, kind, arguments), all durable (docs/protocol.md §2, §14),
+declared by every AMQP 0-9-1 connection (minions add the dead-letter pair). AMQP 1.0
+clients cannot declare anything: a broker gets them from ``func-amqp broker definitions``."""
 
 JOB_QUEUE_PREFIX = "func.jobs."
 CANCEL_QUEUE_PREFIX = "func.cancels."

@@ -9,6 +9,8 @@ from func_amqp.errors import ConfigError
 from func_amqp.transport.base import Delivery, Handler, Transport
 
 AMQP091_SCHEMES = ("amqp", "amqps")
+AMQP10_SCHEME = "amqp10"
+"""AMQP 1.0 (Qpid Proton): the same protocol for brokers that speak the standard."""
 MEMORY_SCHEME = "memory"
 
 
@@ -25,13 +27,27 @@ def transport_for_url(url: str, ssl_context: ssl.SSLContext | None = None) -> Tr
         from func_amqp.transport.amqp091 import Amqp091Transport
 
         return Amqp091Transport(url, ssl_context=ssl_context)
+    if scheme == AMQP10_SCHEME:
+        from func_amqp.transport.amqp10 import Amqp10Transport
+
+        return Amqp10Transport(url)
     if scheme == MEMORY_SCHEME:
         from func_amqp.transport.memory import MemoryTransport
 
         return MemoryTransport(url)
     raise ConfigError(
-        f"unsupported broker URL {url!r}: use amqp://HOST:PORT/ or amqps://HOST:PORT/"
+        f"unsupported broker URL {url!r}: use amqp://HOST:PORT/ or amqps://HOST:PORT/ "
+        "(AMQP 0-9-1, RabbitMQ), or amqp10://HOST:PORT/ (AMQP 1.0)"
     )
 
 
-__all__ = ["Delivery", "Handler", "Transport", "transport_for_url"]
+def amqp10_url(url: str) -> str:
+    """The same broker for the AMQP 1.0 transport: a RabbitMQ node with its AMQP 1.0
+    plugin speaks both protocols on one port."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in AMQP091_SCHEMES or parts.scheme.lower() == "amqps":
+        raise ConfigError(f"no AMQP 1.0 URL for {url!r}: only plain amqp:// URLs map to amqp10://")
+    return parts._replace(scheme=AMQP10_SCHEME).geturl()
+
+
+__all__ = ["amqp10_url", "Delivery", "Handler", "Transport", "transport_for_url"]

@@ -32,25 +32,13 @@ from func_amqp.broker.node import CONSUMER_TIMEOUT_MS
 from func_amqp.errors import BrokerUnreachable, TransportError, Unroutable
 from func_amqp.protocol import names
 from func_amqp.protocol.envelope import Envelope, HeaderValue
-from func_amqp.transport.base import Handler, JobHandler, Transport, masked_url
+from func_amqp.transport.base import Handler, JobHandler, Transport, masked_url, name_taken
 
 _log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 5.0
 RECONNECT_INTERVAL = 1.0
 MIN_EXPIRATION = 0.001  # seconds; AMQP expiration 0 means "deliver now or drop"
-EXCHANGES: tuple[tuple[str, aio_pika.ExchangeType, dict[str, Any] | None], ...] = (
-    (names.MINIONS_EXCHANGE, aio_pika.ExchangeType.DIRECT, None),
-    (names.BROADCAST_EXCHANGE, aio_pika.ExchangeType.FANOUT, None),
-    (names.EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, None),
-    (names.JOBS_EXCHANGE, aio_pika.ExchangeType.DIRECT, None),
-    (names.POOLS_EXCHANGE, aio_pika.ExchangeType.DIRECT, None),
-    # what reaches no owner (a refused message without one) goes to the operator's dead
-    # letters: quorum queues retry an unroutable at-least-once dead letter for ever
-    (names.JOB_EVENTS_EXCHANGE, aio_pika.ExchangeType.HEADERS, {"alternate-exchange": names.DEAD_LETTER_EXCHANGE}),
-    (names.CANCELS_EXCHANGE, aio_pika.ExchangeType.FANOUT, None),
-)
-"""The shared exchanges (docs/protocol.md §2, §14), declared by every connection."""
 DEFAULT_EXCHANGE = ""
 
 NOT_PERSISTENT = int(aio_pika.DeliveryMode.NOT_PERSISTENT)
@@ -264,8 +252,8 @@ class Amqp091Transport(Transport):
                 publisher_confirms=True, on_return_raises=True
             )
             self._consume = await self._connection.channel(publisher_confirms=False)
-            for name, kind, arguments in EXCHANGES:  # the robust channel declares them again after a reconnect
-                await self._publish.declare_exchange(name, kind, durable=True, arguments=arguments)
+            for name, kind, arguments in names.EXCHANGES:  # the robust channel declares them again after a reconnect
+                await self._publish.declare_exchange(name, aio_pika.ExchangeType(kind), durable=True, arguments=arguments)
         except CONNECTION_ERRORS as exc:
             await self.close()
             raise TransportError(f"cannot set up the broker topology at {masked_url(self.url)}: {exc}") from exc
@@ -335,7 +323,7 @@ class Amqp091Transport(Transport):
             dead = await publish.declare_queue(
                 names.DEAD_LETTER_QUEUE,
                 durable=True,
-                arguments={"x-max-length": names.DEAD_LETTER_MAX_LENGTH, "x-overflow": "drop-head"},
+                arguments=dict(names.DEAD_LETTER_QUEUE_ARGUMENTS),
             )
             await dead.bind(dlx)
             await consume.set_qos(prefetch_count=prefetch)
@@ -346,10 +334,7 @@ class Amqp091Transport(Transport):
                     arguments={"x-dead-letter-exchange": names.DEAD_LETTER_EXCHANGE},
                 )
             except aiormq.exceptions.ChannelLockedResource as exc:
-                raise TransportError(
-                    f"a minion named {name!r} is already connected to the broker; "
-                    "give this one another name (--name or minion_name)"
-                ) from exc
+                raise name_taken(name) from exc
             # broadcasts get their own queue (and prefetch window): a minion whose call
             # slots are all busy still answers discovery
             presence = await consume.declare_queue(

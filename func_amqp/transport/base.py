@@ -61,6 +61,13 @@ def masked_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def name_taken(name: str) -> TransportError:
+    return TransportError(
+        f"a minion named {name!r} is already connected to the broker; "
+        "give this one another name (--name or minion_name)"
+    )
+
+
 Handler = Callable[[Delivery], Awaitable[None]]
 JobHandler = Callable[[JobDelivery], Awaitable[None]]
 
@@ -71,6 +78,9 @@ class Transport(abc.ABC):
     url: str
     keeps_jobs: bool = False
     """True when the broker keeps durable jobs (the ``serve_jobs`` family works)."""
+    reports_unroutable: bool = True
+    """True when ``send`` raises Unroutable for a minion that is not connected; without
+    it, callers probe the minion's presence beside the call (docs/protocol.md §15)."""
 
     async def __aenter__(self) -> "Transport":
         await self.connect()

@@ -15,9 +15,10 @@ import pytest
 from func_amqp import utils
 from func_amqp.overlord.caller import CallEvent
 from func_amqp.overlord.client import Client, Overlord
-from tests.conftest import MinionFactory, run_cli
+from tests.conftest import BOTH_TRANSPORTS, MinionFactory, run_cli
 
 pytestmark = pytest.mark.broker
+TRANSPORTS = BOTH_TRANSPORTS
 
 FAST_FAILURE = 5.0
 """Generous bound for 'fails within a few seconds', against hangs, not a benchmark."""

@@ -18,9 +18,11 @@ from func_amqp.protocol import codec, names
 from func_amqp.protocol.envelope import Envelope
 from func_amqp.protocol.messages import ExceptionResponse, MethodRequest
 from func_amqp.security.credentials import overlord_credentials
-from tests.conftest import MinionFactory
+from tests.broker_support import malformed_request
+from tests.conftest import AMQP091, BOTH_TRANSPORTS, MinionFactory
 
 pytestmark = pytest.mark.broker
+TRANSPORTS = BOTH_TRANSPORTS
 
 FLOOD = 500
 
@@ -66,17 +68,7 @@ async def _flood(url: str, target: str) -> tuple[list[int], int]:
         before = await _dead_letter_count(channel)
         with_reply = 0
         for i in range(FLOOD):
-            kind = i % 5
-            headers: dict[str, Any] = {names.H_OPCODE: "_method_request"}
-            body = b"\xff" * (i % 13)
-            if kind == 1:
-                body = b'{"_object_id": 5}'
-            elif kind == 2:
-                headers = {names.H_OPCODE: "_nonsense"}
-            elif kind == 3:
-                headers = {names.H_OPCODE: "_method_request", names.H_PROTOCOL: 7}
-            elif kind == 4:
-                headers = {names.H_OPCODE: "_method_request", names.H_DEADLINE: "soon"}
+            body, headers = malformed_request(i)
             reply_to = replies.name if i % 2 else None
             with_reply += bool(reply_to)
             await exchange.publish(
@@ -113,6 +105,7 @@ def codec_env(message: aio_pika.abc.AbstractIncomingMessage) -> Envelope:
     return Envelope(body=message.body, headers=dict(message.headers), content_type=message.content_type)
 
 
+@pytest.mark.transports(AMQP091)  # speaks AMQP 0-9-1 itself; test_amqp10.py floods over 1.0
 def test_flood_of_malformed_messages(broker_url: str, minions: MinionFactory, prefix: str) -> None:
     name = f"{prefix}-1"
     minion = minions.start(name)
@@ -125,6 +118,7 @@ def test_flood_of_malformed_messages(broker_url: str, minions: MinionFactory, pr
     assert Overlord(name, noglobs=True).test.ping() == 1
 
 
+@pytest.mark.transports(AMQP091)  # publishes with aio-pika itself
 def test_expired_request_is_never_started(broker_url: str, minions: MinionFactory, prefix: str, tmp_path) -> None:
     name = f"{prefix}-1"
     marker = tmp_path / "ran"

@@ -37,9 +37,10 @@ from func_amqp.security.tls import client_context
 from func_amqp.transport import transport_for_url
 from func_amqp.transport.base import Delivery
 from tests.broker_support import node_state_dir
-from tests.conftest import MinionFactory, MinionProcess
+from tests.conftest import BOTH_TRANSPORTS, MinionFactory, MinionProcess
 
 pytestmark = pytest.mark.broker
+TRANSPORTS = BOTH_TRANSPORTS
 
 Mutation = Callable[[Envelope], None]
 

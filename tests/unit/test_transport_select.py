@@ -49,7 +49,6 @@ def test_each_call_makes_a_new_transport() -> None:
         "http://broker/",
         "https://broker/",
         "amqp1://broker/",
-        "amqp10://broker/",
         "stomp://broker/",
         "file:///var/run/broker",
         "/var/run/broker",
