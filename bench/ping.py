@@ -77,11 +77,13 @@ from func_amqp.overlord.rpc import RpcClient  # noqa: E402
 from func_amqp.overlord.session import Session  # noqa: E402
 from func_amqp.protocol import codec  # noqa: E402
 from func_amqp.protocol.messages import MethodRequest, MethodResponse  # noqa: E402
-from func_amqp.transport import transport_for_url  # noqa: E402
+from func_amqp.transport import amqp10_url, transport_for_url  # noqa: E402
 
 MINION_NAME = "bench-minion"
 OPEN_MINION_NAME = "bench-open"
 """The minion with ``require_signatures = false``: the RPC core without message security."""
+A10_MINION_NAME = "bench-amqp10"
+"""The signed minion on the AMQP 1.0 transport (the node's AMQP 1.0 plugin)."""
 BARE_SERVER = REPO / "bench" / "bare_server.py"
 AIM = 0.70
 """func-amqp concurrent throughput as a share of bare aio-pika's: the project's aim, set
@@ -508,8 +510,11 @@ BARE_SEQ = "bare aio-pika, sequential"
 BARE_CONC = "bare aio-pika, concurrent"
 PLAIN_SEQ = "bare aio-pika without confirms, sequential"
 PLAIN_CONC = "bare aio-pika without confirms, concurrent"
+A10_SEQ = "func-amqp AsyncOverlord over AMQP 1.0, sequential"
+A10_CONC = "func-amqp AsyncOverlord over AMQP 1.0, concurrent"
 SCENARIOS = (
     SYNC_SEQ, ASYNC_SEQ, ASYNC_CONC, OPEN_SEQ, OPEN_CONC, BARE_SEQ, BARE_CONC, PLAIN_SEQ, PLAIN_CONC,
+    A10_SEQ, A10_CONC,
 )
 
 
@@ -520,6 +525,7 @@ class Setup:
     conf_dir: Path
     minion: Child
     open_minion: Child
+    a10_minion: Child
     bare: Child
     plain: Child
     broker_pid: int | None
@@ -605,6 +611,7 @@ async def measure_all(setup: Setup, args: argparse.Namespace, info: dict[str, An
     open_meter = CpuMeter(server_pids(setup, setup.open_minion), setup.broker_port)
     bare_meter = CpuMeter(server_pids(setup, setup.bare), setup.broker_port)
     plain_meter = CpuMeter(server_pids(setup, setup.plain), setup.broker_port)
+    a10_meter = CpuMeter(server_pids(setup, setup.a10_minion), setup.broker_port)
     overlord = await asyncio.to_thread(
         Overlord, MINION_NAME, noglobs=True, timeout=CALL_TIMEOUT, url=setup.url, config_dir=setup.conf_dir
     )
@@ -613,6 +620,9 @@ async def measure_all(setup: Setup, args: argparse.Namespace, info: dict[str, An
             MINION_NAME, noglobs=True, timeout=CALL_TIMEOUT, url=setup.url, config_dir=setup.conf_dir
         ) as aol,
         unsigned_overlord(setup.url, setup.conf_dir) as open_aol,
+        AsyncOverlord(
+            A10_MINION_NAME, noglobs=True, timeout=CALL_TIMEOUT, url=amqp10_url(setup.url), config_dir=setup.conf_dir
+        ) as a10_aol,
         BareClient(setup.url, setup.bare.ready.split()[-1], confirms=True) as bare,
         BareClient(setup.url, setup.plain.ready.split()[-1], confirms=False) as plain,
     ):
@@ -624,12 +634,14 @@ async def measure_all(setup: Setup, args: argparse.Namespace, info: dict[str, An
             Scenario(OPEN_SEQ, open_aol.test.ping, open_meter),
             Scenario(BARE_SEQ, bare.ping, bare_meter),
             Scenario(PLAIN_SEQ, plain.ping, plain_meter),
+            Scenario(A10_SEQ, a10_aol.test.ping, a10_meter),
         ]
         concurrent = [
             Scenario(ASYNC_CONC, aol.test.ping, minion_meter, window=w),
             Scenario(OPEN_CONC, open_aol.test.ping, open_meter, window=w),
             Scenario(BARE_CONC, bare.ping, bare_meter, window=w),
             Scenario(PLAIN_CONC, plain.ping, plain_meter, window=w),
+            Scenario(A10_CONC, a10_aol.test.ping, a10_meter, window=w),
         ]
         for scenario in sequential + concurrent:
             if args.warmup:
@@ -702,6 +714,10 @@ def ratios(results: dict[str, Sample]) -> dict[str, Any]:
         "func_async_sequential_vs_bare_sequential": share(ASYNC_SEQ, BARE_SEQ),
         "func_unsigned_async_sequential_vs_bare_sequential": share(OPEN_SEQ, BARE_SEQ),
         "func_sync_sequential_vs_bare_sequential": share(SYNC_SEQ, BARE_SEQ),
+        "func_amqp10_concurrent_vs_func_concurrent": share(A10_CONC, ASYNC_CONC),
+        "func_amqp10_concurrent_vs_func_concurrent_by_slice": by_slice(A10_CONC, ASYNC_CONC),
+        "func_amqp10_sequential_vs_func_sequential": share(A10_SEQ, ASYNC_SEQ),
+        "cpu_us_per_call_func_amqp10_concurrent": round(cpu_per_call(results[A10_CONC]), 1),
     }
 
 
@@ -816,6 +832,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"{r['bare_cpu_vs_func_cpu_concurrent']:.0%}, bare / unsigned: "
         f"{r['bare_cpu_vs_func_unsigned_cpu_concurrent']:.0%})",
         signing_line(report),
+        f"AMQP 1.0 against AMQP 0-9-1, both signed: concurrent {r['func_amqp10_concurrent_vs_func_concurrent']:.0%} "
+        f"of the calls/s, sequential {r['func_amqp10_sequential_vs_func_sequential']:.0%}; CPU per concurrent call "
+        f"{r['cpu_us_per_call_func_amqp10_concurrent']:,.0f} us against {r['cpu_us_per_call_func_concurrent']:,.0f}",
         cores_line(report),
         f"concurrent, against bare aio-pika without confirms: func-amqp "
         f"{r['func_concurrent_vs_bare_without_confirms_concurrent']:.0%}, unsigned "
@@ -951,6 +970,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             {**env, ENV_CONFIG_DIR: str(open_conf), ENV_STATE_DIR: str(open_state_dir)},
             base / "funcd-open.log", "serving",
         )
+        # The same signed minion set-up on the AMQP 1.0 transport, through the node's plugin.
+        a10_conf = base / "a10-conf"
+        write_minion_conf(a10_conf, base / f"audit-{A10_MINION_NAME}.log", signed=True)
+        provision(Paths(config_dir=conf_dir, state_dir=state_dir), A10_MINION_NAME)
+        a10_minion = Child(
+            "funcd (AMQP 1.0)",
+            [sys.executable, "-m", "func_amqp.cli.funcd", "--name", A10_MINION_NAME, "-c", str(a10_conf)],
+            {**env, ENV_BROKER_URL: amqp10_url(url), ENV_CONFIG_DIR: str(a10_conf)},
+            base / "funcd-amqp10.log", "serving",
+        )
         servers = [
             Child(
                 f"bare server ({label})",
@@ -962,12 +991,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ("no confirms", f"bench.plain.{suffix}", ["--no-confirms"]),
             )
         ]
-        for child in (minion, open_minion, *servers):
+        for child in (minion, open_minion, a10_minion, *servers):
             children.append(child)
             child.start()
         for child in children:
             child.wait_ready()
-        setup = Setup(url, broker_port(url), conf_dir, minion, open_minion, servers[0], servers[1], broker_pid)
+        setup = Setup(url, broker_port(url), conf_dir, minion, open_minion, a10_minion, servers[0], servers[1], broker_pid)
 
         info: dict[str, Any] = {}
         results = asyncio.run(measure_all(setup, args, info))

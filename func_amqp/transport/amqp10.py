@@ -319,6 +319,9 @@ class _Reactor(MessagingHandler):  # type: ignore[misc]
         return state
 
     def send(self, address: str, message: Message, attached: asyncio.Future[None], outcome: asyncio.Future[None]) -> None:
+        if self.connection is None:  # lost since the caller looked
+            self.to_loop(_resolve, attached, TransportError("not connected to the broker (reconnecting)"))
+            return
         state = self.sender(address, attached)
         state.waiting.append((message, outcome))
         self._pump(state)
@@ -385,7 +388,7 @@ class _Reactor(MessagingHandler):  # type: ignore[misc]
             self.to_loop(_resolve, state.attached, None)
 
     def on_link_error(self, event: Any) -> None:
-        if event.connection is not self.connection or event.connection.remote_state & proton.Endpoint.REMOTE_CLOSED:
+        if event.connection != self.connection or event.connection.remote_state & proton.Endpoint.REMOTE_CLOSED:
             return  # the whole connection went: its receivers attach again on the next one
         name = event.link.name
         state = self.links.pop(name, None)
