@@ -18,6 +18,7 @@ from func_amqp.protocol import codec, names
 from func_amqp.protocol.envelope import Envelope
 from func_amqp.protocol.messages import ExceptionResponse, MethodRequest
 from func_amqp.security.credentials import overlord_credentials
+from func_amqp.transport import transport_for_url
 from tests.broker_support import malformed_request
 from tests.conftest import AMQP091, BOTH_TRANSPORTS, MinionFactory
 
@@ -118,48 +119,34 @@ def test_flood_of_malformed_messages(broker_url: str, minions: MinionFactory, pr
     assert Overlord(name, noglobs=True).test.ping() == 1
 
 
-@pytest.mark.transports(AMQP091)  # publishes with aio-pika itself
 def test_expired_request_is_never_started(broker_url: str, minions: MinionFactory, prefix: str, tmp_path) -> None:
     name = f"{prefix}-1"
     marker = tmp_path / "ran"
     minions.start(name)
 
     async def send_late() -> int:
-        connection = await aio_pika.connect(broker_url)
+        transport = transport_for_url(broker_url)
+        await transport.connect()
         try:
-            channel = await connection.channel()
-            replies = await channel.declare_queue(exclusive=True)
-            exchange = await channel.get_exchange(names.MINIONS_EXCHANGE)
+            replies: asyncio.Queue[Envelope] = asyncio.Queue()
+
+            async def on_reply(delivery: Any) -> None:
+                replies.put_nowait(delivery.envelope)
+
+            reply_to = await transport.open_reply_queue(on_reply)
             late = MethodRequest("command", "run", [f"touch {marker}"], time.time() - 5, name)
-            env = codec.encode(late, correlation_id="late", reply_to=replies.name)
+            env = codec.encode(late, correlation_id="late", reply_to=reply_to)
             signer = overlord_credentials(Paths.resolve()).signer
             assert signer is not None
             signer.sign(env)  # a genuine caller's request, only late
-            # no broker TTL: the minion itself must see the deadline has passed
-            message = aio_pika.Message(
-                env.body,
-                headers=dict(env.headers),
-                reply_to=env.reply_to,
-                correlation_id=env.correlation_id,
-                message_id=env.message_id,
-                type=env.type,
-            )
-            await exchange.publish(message, routing_key=name)
-            message = await _wait_one(replies)
-            reply = codec.decode(codec_env(message), 1 << 20)
+            env.deadline = None  # no broker TTL: the minion itself must see the deadline has passed
+            await transport.send(name, env)
+            reply = codec.decode(await asyncio.wait_for(replies.get(), 30), 1 << 20)
             assert isinstance(reply, ExceptionResponse)
             return reply.code
         finally:
-            await connection.close()
+            await transport.close()
 
     assert asyncio.run(send_late()) == Code.EXPIRED
     assert not marker.exists()
     assert json.dumps(Overlord(name, noglobs=True).command.exists("/bin/sh")) == "true"
-
-
-async def _wait_one(queue: aio_pika.abc.AbstractQueue) -> aio_pika.abc.AbstractIncomingMessage:
-    async with queue.iterator(timeout=30) as it:
-        async for message in it:
-            await message.ack()
-            return message
-    raise AssertionError("no reply")
