@@ -77,7 +77,8 @@ from func_amqp.overlord.rpc import RpcClient  # noqa: E402
 from func_amqp.overlord.session import Session  # noqa: E402
 from func_amqp.protocol import codec  # noqa: E402
 from func_amqp.protocol.messages import MethodRequest, MethodResponse  # noqa: E402
-from func_amqp.transport import amqp10_url, transport_for_url  # noqa: E402
+from func_amqp.broker.node import amqp10_url  # noqa: E402
+from func_amqp.transport import transport_for_url  # noqa: E402
 
 MINION_NAME = "bench-minion"
 OPEN_MINION_NAME = "bench-open"

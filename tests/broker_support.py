@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from typing import Any
 from pathlib import Path
 
 from func_amqp.broker.node import PrivateBroker
 from func_amqp.config import Paths
+from func_amqp.overlord.client import Overlord
 from func_amqp.protocol import names
 
 
@@ -55,3 +57,14 @@ def malformed_request(i: int) -> tuple[bytes, dict[str, Any]]:
     elif kind == 4:
         headers = {names.H_OPCODE: "_method_request", names.H_DEADLINE: "soon"}
     return body, headers
+
+
+def ping_until_answered(name: str, within: float = 30.0) -> Any:
+    """``test.ping`` on minion ``name`` until it answers 1 or ``within`` seconds pass
+    (after a broker restart both ends must reconnect first); the last result."""
+    deadline = time.time() + within
+    while True:
+        result = Overlord(name, timeout=5, noglobs=True).test.ping()
+        if result == 1 or time.time() > deadline:
+            return result
+        time.sleep(0.5)

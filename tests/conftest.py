@@ -22,7 +22,7 @@ from func_amqp.config import ENV_BROKER_URL, ENV_CONFIG_DIR, ENV_JOB_OWNER, ENV_
 from func_amqp.overlord.session import Session
 from func_amqp.security.credentials import issue_locally
 from func_amqp.security.keys import HostIdentity
-from func_amqp.transport import amqp10_url
+from func_amqp.broker.node import amqp10_url
 from tests.broker_support import node_state_dir, running_broker
 
 MINION_READY_TIMEOUT = 30.0

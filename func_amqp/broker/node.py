@@ -42,15 +42,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from cryptography import x509
 
 from func_amqp.config import Paths
-from func_amqp.errors import BrokerError
+from func_amqp.errors import BrokerError, ConfigError
 from func_amqp.broker.definitions import definitions_json
 from func_amqp.files import write_text_atomic
 from func_amqp.protocol import names
 from func_amqp.security.ca import CertificateAuthority
+from func_amqp.security.tls import wants_tls
+from func_amqp.transport import AMQP091_SCHEMES, AMQP10_SCHEMES
 from func_amqp.security.keys import (
     KEY_MODE,
     PUBLIC_MODE,
@@ -848,6 +851,9 @@ def user_permissions(cn: str, role: str) -> UserPermissions:
         esc(names.JOBS_EXCHANGE), esc(names.POOLS_EXCHANGE), esc(names.JOB_EVENTS_EXCHANGE), esc(names.CANCELS_EXCHANGE)
     )
     job_exchanges = (jobs, pools, job_events, cancels)
+    # AMQP 1.0 (RabbitMQ's plugin): consumers get server-named queues bound by the
+    # broker, and replies travel through amq.direct
+    amqp10_replies = esc(names.AMQP10_REPLY_EXCHANGE)
     if role == ROLE_MINION:
         own = (
             esc(names.minion_queue(cn)), esc(names.minion_presence_queue(cn)), esc(names.job_queue(cn)), esc(names.cancel_queue(cn))
@@ -855,9 +861,9 @@ def user_permissions(cn: str, role: str) -> UserPermissions:
         pool_queues = esc(names.POOL_QUEUE_PREFIX) + ".+"
         dead_letter = (esc(names.DEAD_LETTER_EXCHANGE), esc(names.DEAD_LETTER_QUEUE))
         return UserPermissions(
-            configure=_one_of(*own, pool_queues, replies, minions, broadcast, events, *job_exchanges, *dead_letter),
-            write=_one_of(*own, pool_queues, replies, events, job_events, *dead_letter, esc(DEFAULT_EXCHANGE)),
-            read=_one_of(*own, pool_queues, replies, minions, broadcast, jobs, pools, job_events, cancels, esc(names.DEAD_LETTER_EXCHANGE)),
+            configure=_one_of(*own, pool_queues, replies, SERVER_NAMED_QUEUES, minions, broadcast, events, *job_exchanges, *dead_letter),
+            write=_one_of(*own, pool_queues, replies, SERVER_NAMED_QUEUES, events, job_events, *dead_letter, esc(DEFAULT_EXCHANGE), amqp10_replies),
+            read=_one_of(*own, pool_queues, replies, SERVER_NAMED_QUEUES, minions, broadcast, jobs, pools, job_events, cancels, esc(names.DEAD_LETTER_EXCHANGE), amqp10_replies),
             event_write=_one_of(esc(names.heartbeat_key(cn))),
             event_read=NOTHING,
         )
@@ -868,7 +874,7 @@ def user_permissions(cn: str, role: str) -> UserPermissions:
             configure=_one_of(replies, *unnamed, owners, minions, broadcast, events, *job_exchanges),
             # the dead-letter exchange: the job events exchange names it as its alternate
             write=_one_of(replies, *unnamed, owners, minions, broadcast, jobs, pools, cancels, esc(names.DEAD_LETTER_EXCHANGE)),
-            read=_one_of(replies, *unnamed, owners, events, job_events),
+            read=_one_of(replies, *unnamed, owners, events, job_events, amqp10_replies),
             event_write=NOTHING,
             event_read=ANY,
         )
@@ -983,3 +989,22 @@ def _terminate(pid: int, grace: float) -> None:
             ) from None
         if _wait_gone(pid, grace):
             return
+
+
+def amqp10_url(url: str) -> str:
+    """The private node's URL for the AMQP 1.0 transport: a RabbitMQ node with its AMQP
+    1.0 plugin speaks both protocols on one port.
+
+    Over TLS the host becomes ``localhost``: Proton checks the broker's certificate
+    against DNS names only, and the node's certificate names ``localhost`` (and
+    127.0.0.1, which Proton cannot check). EXTERNAL login is implied, so the query goes.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    plain, tls = AMQP10_SCHEMES
+    if scheme not in AMQP091_SCHEMES:
+        raise ConfigError(f"no AMQP 1.0 URL for {url!r}: only amqp:// and amqps:// URLs map to amqp10://")
+    if wants_tls(url):
+        netloc = parts.netloc.replace(LISTEN_HOST, NODE_HOST)
+        return parts._replace(scheme=tls, netloc=netloc, query="").geturl()
+    return parts._replace(scheme=plain).geturl()

@@ -38,7 +38,7 @@ from func_amqp.minion.daemon import run_until_signalled
 from func_amqp.overlord.caller import AsyncOverlord
 from func_amqp.overlord.directory import MinionDirectory
 from func_amqp.security.ca import CertificateAuthority
-from func_amqp.transport import amqp10_url
+from func_amqp.broker.node import amqp10_url
 
 if TYPE_CHECKING:
     from func_amqp.cli.common import Subcommands

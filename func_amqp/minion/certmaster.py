@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 
 from func_amqp.config import Paths
 from func_amqp.minion.audit import AuditLog
@@ -21,7 +20,7 @@ from func_amqp.minion.server import AmqpInterface
 from func_amqp.minion.service import MinionService, ServiceSettings
 from func_amqp.security.ca import CertificateAuthority
 from func_amqp.security.credentials import ca_host_tls_identity
-from func_amqp.security.tls import client_context, wants_tls
+from func_amqp.security.tls import BrokerTls, client_tls, wants_tls
 from func_amqp.transport import transport_for_url
 
 _log = logging.getLogger(__name__)
@@ -60,12 +59,12 @@ def certmaster_interface(authority: CertificateAuthority) -> AmqpInterface:
     return AmqpInterface({CERTMASTER_MODULE: module})
 
 
-def _tls(paths: Paths, authority: CertificateAuthority, name: str, url: str) -> ssl.SSLContext | None:
+def _tls(paths: Paths, authority: CertificateAuthority, name: str, url: str) -> BrokerTls | None:
     """On a TLS broker the agent logs in as ``name`` (a minion-role broker user)."""
     if not wants_tls(url):
         return None
     key_file, cert_file = ca_host_tls_identity(paths, name)
-    return client_context(authority.cert_path, cert_file, key_file)
+    return client_tls(authority.cert_path, cert_file, key_file)
 
 
 async def serve_certmaster(paths: Paths, name: str, broker_url: str, stop: asyncio.Event) -> None:

@@ -7,7 +7,6 @@ import logging
 import os
 import signal
 import socket
-import ssl
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Awaitable, Callable, TypeVar
@@ -27,7 +26,7 @@ from func_amqp.minion.service import MinionService, ServiceSettings
 from func_amqp.overlord.rpc import RpcClient
 from func_amqp.protocol.names import valid_minion_name
 from func_amqp.security.credentials import Credentials, broker_tls, crl_path, from_files
-from func_amqp.security.tls import wants_tls
+from func_amqp.security.tls import BrokerTls, wants_tls
 from func_amqp.security.keys import HostIdentity, clean_command
 from func_amqp.transport import Transport, transport_for_url
 from func_amqp.transport.base import masked_url, name_taken
@@ -112,7 +111,7 @@ class Minion:
         identity = self.identity()
         return from_files(identity.key_path, identity.cert_path, identity.ca_path, crl, "enrolled")
 
-    def broker_tls(self) -> ssl.SSLContext | None:
+    def broker_tls(self) -> BrokerTls | None:
         """TLS with this minion's own certificate, for an ``amqps://`` broker."""
         if not wants_tls(self.broker_url):
             return None
@@ -188,8 +187,15 @@ class Minion:
 
     async def _refuse_namesake(self, transport: Transport) -> None:
         """A transport that cannot hold a name for one minion (AMQP 1.0) asks first
-        whether another minion of this name answers."""
-        if not transport.reports_unroutable and await _namesake_answers(transport, self.name, self.config.max_message_bytes):
+        whether another minion of this name answers.
+
+        Not over TLS: there the broker logs the minion in by its certificate, whose
+        minion role may not publish to func.minions (and RabbitMQ closes the whole
+        connection on a refused publish); a second minion of a name needs its key.
+        """
+        if transport.reports_unroutable or wants_tls(self.broker_url):
+            return
+        if await _namesake_answers(transport, self.name, self.config.max_message_bytes):
             raise name_taken(self.name)
 
     async def serve(self, stop: asyncio.Event) -> None:
@@ -219,7 +225,7 @@ class Minion:
 async def _namesake_answers(transport: Transport, name: str, max_message_bytes: int) -> bool:
     rpc = RpcClient(transport, max_message_bytes)
     await rpc.start()
-    return await rpc.probe(name, NAMESAKE_PROBE_TIMEOUT)
+    return await rpc.probe(name, NAMESAKE_PROBE_TIMEOUT, unsent=False)
 
 
 async def _until(stop: asyncio.Event, work: Awaitable[T]) -> T | None:

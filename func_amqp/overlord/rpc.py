@@ -223,12 +223,12 @@ class RpcClient:
         finally:
             probe.cancel()
 
-    async def probe(self, target: str, timeout: float) -> bool:
+    async def probe(self, target: str, timeout: float, *, unsent: bool = True) -> bool:
         """Whether minion ``target`` answers a locate addressed to it within ``timeout``.
 
         Sent on its control route, so a minion whose call slots are full still answers;
-        a refusal counts as present, and so does a failure to send (the call's own
-        timeout then decides).
+        a refusal counts as present. A failure to send gives ``unsent``: present by
+        default (a call's own timeout then decides).
         """
         if self._reply_to is None:
             raise RuntimeError("RpcClient.start() was not called")
@@ -242,7 +242,7 @@ class RpcClient:
                 async with asyncio.timeout(timeout):
                     await self.transport.send(target, env, control=True)
             except (TransportError, asyncio.TimeoutError):
-                return True
+                return unsent
             while (remaining := deadline - time.time()) > 0:
                 try:
                     reply = await asyncio.wait_for(collector.get(), remaining)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import ssl
 import threading
 from concurrent.futures import Future
 from typing import Any, Coroutine, TypeVar
 
 from func_amqp.overlord.rpc import RpcClient
 from func_amqp.security.credentials import Credentials
+from func_amqp.security.tls import BrokerTls
 from func_amqp.transport import transport_for_url
 
 T = TypeVar("T")
@@ -54,14 +54,14 @@ class Session:
             raise
 
     async def client(
-        self, url: str, max_message_bytes: int, credentials: Credentials, ssl_context: ssl.SSLContext | None = None
+        self, url: str, max_message_bytes: int, credentials: Credentials, tls: BrokerTls | None = None
     ) -> RpcClient:
         """The shared, connected client for ``url`` and these credentials (made on first use)."""
         key = (url, max_message_bytes, credentials.fingerprint)
         async with self._client_lock:
             client = self._clients.get(key)
             if client is None:
-                transport = transport_for_url(url, ssl_context)
+                transport = transport_for_url(url, tls)
                 await transport.connect()
                 client = RpcClient(transport, max_message_bytes, signer=credentials.signer, trust=credentials.trust)
                 await client.start()

@@ -68,6 +68,10 @@ EXCHANGES: tuple[tuple[str, str, dict[str, str] | None], ...] = (
 declared by every AMQP 0-9-1 connection (minions add the dead-letter pair). AMQP 1.0
 clients cannot declare anything: a broker gets them from ``func-amqp broker definitions``."""
 
+AMQP10_REPLY_EXCHANGE = "amq.direct"
+"""Over AMQP 1.0 replies go through RabbitMQ's built-in direct exchange to the caller's
+private queue (docs/protocol.md §15): the plugin binds queues to exchanges only."""
+
 JOB_QUEUE_PREFIX = "func.jobs."
 CANCEL_QUEUE_PREFIX = "func.cancels."
 POOL_QUEUE_PREFIX = "func.pool."

@@ -12,7 +12,6 @@ signatures will answer.
 from __future__ import annotations
 
 import os
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from func_amqp.security.keys import (
     load_private_key,
 )
 from func_amqp.security.signing import Signer
-from func_amqp.security.tls import client_context, wants_tls
+from func_amqp.security.tls import BrokerTls, client_tls, wants_tls
 
 FETCHED_CRL = CRL_NAME
 CERTMASTER_SOURCE = "certmaster"
@@ -119,7 +118,7 @@ def ca_host_tls_identity(paths: Paths, cn: str = CA_HOST_TLS_CN) -> tuple[Path, 
     return identity.key_path, identity.cert_path
 
 
-def broker_tls(url: str, creds: Credentials, paths: Paths) -> ssl.SSLContext | None:
+def broker_tls(url: str, creds: Credentials, paths: Paths) -> BrokerTls | None:
     """The TLS context for ``url`` (None for plain ``amqp://``).
 
     The client certificate is the signing one, except for the certmaster key: a CA
@@ -135,4 +134,4 @@ def broker_tls(url: str, creds: Credentials, paths: Paths) -> ssl.SSLContext | N
             f"{url.split('?')[0]} needs a client certificate and none is available: enrol this "
             "host (funcd) or set key_file, cert_file and ca_file in the config"
         )
-    return client_context(ca_file, cert_file, key_file)
+    return client_tls(ca_file, cert_file, key_file)

@@ -32,9 +32,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from func_amqp.errors import BrokerUnreachable, TransportError
+from func_amqp.errors import BrokerUnreachable, ConfigError, TransportError
 from func_amqp.protocol import names
 from func_amqp.protocol.envelope import Envelope, HeaderValue
+from func_amqp.security.tls import BrokerTls, wants_tls
 from func_amqp.transport.base import Handler, Transport, masked_url
 
 try:
@@ -60,10 +61,6 @@ MAX_SENDER_LINKS = 256
 """Sender links kept open (one per target address); the least recently used closes."""
 HEARTBEAT = 30.0
 """Seconds of silence after which either side may drop the connection (AMQP idle timeout)."""
-TOPOLOGY_PROBES = (names.MINIONS_EXCHANGE, names.BROADCAST_EXCHANGE, names.EVENTS_EXCHANGE)
-"""The exchanges calls need; jobs are not carried over AMQP 1.0 (keeps_jobs)."""
-REPLY_EXCHANGE = "amq.direct"
-"""Replies go through RabbitMQ's built-in direct exchange to the caller's private queue."""
 REPLY_CREDIT = 1000
 """Messages a reply or event link may hold unread; credit is given back as they arrive."""
 APP_ID_PROPERTY = "x-func-amqp-app-id"
@@ -76,9 +73,19 @@ def rabbitmq_exchange_address(exchange: str, key: str) -> str:
 
 
 def proton_url(url: str) -> str:
-    """The URL Proton understands: ``amqp10://`` becomes ``amqp://``."""
+    """The URL Proton understands: ``amqp10[s]://`` becomes ``amqp[s]://``."""
     parts = urlsplit(url)
-    return urlunsplit(parts._replace(scheme="amqp", path="", query="", fragment=""))
+    scheme = "amqps" if wants_tls(url) else "amqp"
+    return urlunsplit(parts._replace(scheme=scheme, path="", query="", fragment=""))
+
+
+def _ssl_domain(tls: BrokerTls) -> Any:
+    """Verify the broker's certificate and name against the CA; present ours."""
+    domain = proton.SSLDomain(proton.SSLDomain.MODE_CLIENT)
+    domain.set_credentials(str(tls.cert_file), str(tls.key_file), None)
+    domain.set_trusted_ca_db(str(tls.ca_file))
+    domain.set_peer_authentication(proton.SSLDomain.VERIFY_PEER_NAME)
+    return domain
 
 
 def to_message(env: Envelope) -> "Message":
@@ -152,9 +159,10 @@ class _Link:
 class _Reactor(MessagingHandler):  # type: ignore[misc]
     """Proton's side: every method but ``submit`` and ``to_loop`` runs in the reactor thread."""
 
-    def __init__(self, url: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, url: str, loop: asyncio.AbstractEventLoop, tls: BrokerTls | None) -> None:
         super().__init__(prefetch=0, auto_accept=False, auto_settle=True)
         self.url = url
+        self.tls = tls
         self.loop = loop
         self.connection: Any = None
         self.container = Container(self)
@@ -209,8 +217,11 @@ class _Reactor(MessagingHandler):  # type: ignore[misc]
         connection with a close frame when it stops, after which Proton gives up."""
         self._reconnect_pending = False
         parts = urlsplit(self.url)
-        mechs = "PLAIN" if parts.password else "ANONYMOUS EXTERNAL"
         options: dict[str, Any] = {}
+        if self.tls is not None:
+            options["ssl_domain"] = _ssl_domain(self.tls)
+        # a certificate login (RabbitMQ's EXTERNAL) when TLS carries no password
+        mechs = "PLAIN" if parts.password else ("EXTERNAL" if self.tls is not None else "ANONYMOUS")
         vhost = unquote(parts.path.lstrip("/"))
         if vhost:  # RabbitMQ's way of naming a virtual host in AMQP 1.0's open frame
             options["virtual_host"] = f"vhost:{vhost}"
@@ -296,6 +307,10 @@ class _Reactor(MessagingHandler):  # type: ignore[misc]
 
     def open_receiver(self, source: str, state: _Link, credit: int, options: Any) -> str:
         name = f"{source}#{uuid.uuid4().hex[:8]}"
+        if self.connection is None:  # reconnecting: attached with the others when it is back
+            state.source, state.credit, state.options = source, credit, options
+            self.links[name] = state
+            return name
         state.source, state.credit, state.options = source, credit, options
         state.link = self.container.create_receiver(self.connection, source, name=name, options=options)
         state.link.flow(credit)
@@ -501,18 +516,24 @@ class _PreSettled:
 
 
 class Amqp10Transport(Transport):
-    """The transport for ``amqp10://`` URLs (RabbitMQ's address form)."""
+    """The transport for ``amqp10://`` and ``amqp10s://`` URLs (RabbitMQ's address form)."""
 
     keeps_jobs = False
     reports_unroutable = False  # an exchange drops what no queue takes, and says "accepted"
 
-    def __init__(self, url: str, *, connect_timeout: float = CONNECT_TIMEOUT) -> None:
+    def __init__(self, url: str, *, connect_timeout: float = CONNECT_TIMEOUT, tls: BrokerTls | None = None) -> None:
+        if wants_tls(url) and tls is None:
+            raise ConfigError(
+                f"{masked_url(url)} is TLS and no certificate is set up: enrol this host or "
+                "set key_file, cert_file and ca_file in the config"
+            )
         if proton is None:
             raise TransportError(
                 "the AMQP 1.0 transport needs Qpid Proton; install it with "
                 "'pip install func-amqp[amqp10]' (or python-qpid-proton)"
             )
         self.url = url
+        self._tls = tls if wants_tls(url) else None
         self._connect_timeout = connect_timeout
         self._reactor: _Reactor | None = None
         self._serving: list[str] = []
@@ -522,7 +543,7 @@ class Amqp10Transport(Transport):
     async def connect(self) -> None:
         if self._reactor is not None:
             return
-        reactor = _Reactor(self.url, asyncio.get_running_loop())
+        reactor = _Reactor(self.url, asyncio.get_running_loop(), self._tls)
         self._reactor = reactor
         reactor.thread.start()
         try:
@@ -535,24 +556,6 @@ class Amqp10Transport(Transport):
                 masked_url(self.url),
                 f"{reason} (over AMQP 1.0: a RabbitMQ 3.x broker needs its rabbitmq_amqp1_0 plugin)",
             )
-        try:
-            await self._check_topology()
-        except TransportError:
-            await self.close()
-            raise
-
-    async def _check_topology(self) -> None:
-        """Say at start-up, not at the first call, when the broker lacks our exchanges."""
-        for exchange in TOPOLOGY_PROBES:
-            try:
-                await self._attach_sender(rabbitmq_exchange_address(exchange, ""))
-            except TransportError as exc:
-                raise TransportError(
-                    f"the broker at {masked_url(self.url)} lacks func-amqp's exchange {exchange!r} "
-                    f"({exc}). Declare func-amqp's exchanges once: 'func-amqp broker definitions "
-                    "> func-amqp.json', then 'rabbitmqctl import_definitions func-amqp.json' "
-                    "(the private node has them)"
-                ) from None
 
     async def close(self) -> None:
         reactor, self._reactor = self._reactor, None
@@ -588,15 +591,15 @@ class Amqp10Transport(Transport):
         try:
             await asyncio.wait_for(asyncio.shield(attached), ATTACH_TIMEOUT)
         except asyncio.TimeoutError:
-            raise TransportError(f"{what}: the broker did not attach a link to it within {ATTACH_TIMEOUT:g} s") from None
+            # RabbitMQ leaves a link to a missing exchange unanswered
+            raise TransportError(
+                f"{what}: the broker did not attach a link to it within {ATTACH_TIMEOUT:g} s. If the "
+                "broker lacks func-amqp's exchanges, declare them once: 'func-amqp broker definitions "
+                "> func-amqp.json', then 'rabbitmqctl import_definitions func-amqp.json' (the "
+                "private node has them)"
+            ) from None
         except TransportError as exc:
             raise TransportError(f"{what}: {exc}") from None
-
-    async def _attach_sender(self, address: str) -> None:
-        reactor = self._require()
-        attached: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        reactor.submit(lambda: reactor.sender(address, attached))
-        await self._attached(attached, f"cannot send to {address!r}")
 
     async def _receive(self, source: str, handler: Handler, *, credit: int, settle: bool) -> str:
         """Consume from ``source``; returns the link's name."""
@@ -658,7 +661,7 @@ class Amqp10Transport(Transport):
     # --- overlord side -------------------------------------------------------------
 
     async def open_reply_queue(self, handler: Handler) -> str:
-        address = rabbitmq_exchange_address(REPLY_EXCHANGE, names.REPLY_QUEUE_PREFIX + uuid.uuid4().hex)
+        address = rabbitmq_exchange_address(names.AMQP10_REPLY_EXCHANGE, names.REPLY_QUEUE_PREFIX + uuid.uuid4().hex)
         await self._receive(address, handler, credit=REPLY_CREDIT, settle=False)
         return address
 

@@ -24,7 +24,7 @@ from func_amqp.protocol.envelope import Envelope
 from func_amqp.protocol.messages import ExceptionResponse, MethodRequest
 from func_amqp.transport import transport_for_url
 from func_amqp.transport.amqp10 import Amqp10Transport
-from tests.broker_support import malformed_request
+from tests.broker_support import malformed_request, ping_until_answered
 from tests.conftest import AMQP10, MinionFactory, run_cli
 
 pytestmark = pytest.mark.broker
@@ -90,8 +90,9 @@ def test_unreachable_broker_fails_fast_and_says_so() -> None:
     assert "AMQP 1.0" in str(caught.value)
 
 
-def test_a_broker_without_the_exchanges_is_refused_at_start_up(broker: Any, broker_url: str) -> None:
-    """A virtual host that never had func-amqp's exchanges imported."""
+def test_a_broker_without_the_exchanges_says_what_to_do(broker: Any, broker_url: str) -> None:
+    """A virtual host that never had func-amqp's exchanges imported: a minion fails at
+    start-up, when it attaches its first consumer, and says how to declare them."""
     vhost = "no-func-amqp-" + uuid.uuid4().hex[:6]
 
     def ctl(*args: str) -> int:
@@ -100,11 +101,23 @@ def test_a_broker_without_the_exchanges_is_refused_at_start_up(broker: Any, brok
     assert ctl("add_vhost", vhost) == 0
     try:
         assert ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*") == 0
+        async def serve() -> None:
+            transport = Amqp10Transport(broker_url.rstrip("/") + "/" + vhost)
+            await transport.connect()
+            try:
+                await transport.serve_minion("lonely", _never_called, prefetch=1)
+            finally:
+                await transport.close()
+
         with pytest.raises(TransportError) as caught:
-            asyncio.run(Amqp10Transport(broker_url.rstrip("/") + "/" + vhost).connect())
+            asyncio.run(serve())
         assert "import_definitions" in str(caught.value) and names.MINIONS_EXCHANGE in str(caught.value)
     finally:
         ctl("delete_vhost", vhost)
+
+
+async def _never_called(delivery: Any) -> None:
+    raise AssertionError("nothing can arrive without the exchanges")
 
 
 def test_broker_definitions_command_prints_the_topology(func_env: dict[str, str]) -> None:
@@ -114,3 +127,14 @@ def test_broker_definitions_command_prints_the_topology(func_env: dict[str, str]
     assert printed == json.loads(json.dumps(definitions()))
     exchanges = {e["name"]: e["type"] for e in printed["exchanges"]}
     assert exchanges[names.MINIONS_EXCHANGE] == "direct" and exchanges[names.EVENTS_EXCHANGE] == "topic"
+
+
+def test_calls_work_again_after_a_broker_restart(broker: Any, minions: MinionFactory, prefix: str) -> None:
+    """Both ends reconnect by themselves and attach their links again."""
+    name = f"{prefix}-1"
+    minion = minions.start(name)
+    assert Overlord(name, noglobs=True).test.ping() == 1
+    broker.stop()
+    broker.start()
+    assert ping_until_answered(name) == 1
+    assert minion.proc.poll() is None

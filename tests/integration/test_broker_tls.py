@@ -18,15 +18,17 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
 from func_amqp.broker import node
-from func_amqp.broker.node import ROLE_MINION, ROLE_OVERLORD, PrivateBroker, user_permissions
+from func_amqp.broker.node import ROLE_MINION, ROLE_OVERLORD, PrivateBroker, amqp10_url, user_permissions
 from func_amqp.cli.admin import main
 from func_amqp.config import ENV_STATE_DIR, Paths
-from func_amqp.errors import BrokerError
+from func_amqp.errors import BrokerError, ConfigError, TransportError
 from func_amqp.protocol import names
 from func_amqp.protocol.envelope import Envelope
 from func_amqp.security.ca import CertificateAuthority
 from func_amqp.security.keys import HostIdentity
+from func_amqp.security.tls import client_tls
 from func_amqp.transport.amqp091 import Amqp091Transport
+from func_amqp.transport.amqp10 import Amqp10Transport
 from func_amqp.transport.base import Delivery
 from tests.broker_support import node_state_dir
 
@@ -404,3 +406,45 @@ async def test_restart_keeps_tls_mode_and_url(
     assert "no user m1" in capsys.readouterr().err
     with pytest.raises(LOGIN_REFUSED):
         await tls_node.connect("m1")
+
+
+def test_amqp10_over_tls_logs_in_by_certificate(tls_node: TlsNode) -> None:
+    """amqp10s:// to the TLS-only node, each process in its broker role: the client
+    checks the broker's certificate and name against the CA, the broker logs each
+    client in by its certificate (EXTERNAL). A request and its reply cross."""
+    pytest.importorskip("proton")
+    url = amqp10_url(tls_node.url)
+    tls_node.broker.grant("a10-minion", ROLE_MINION)
+    tls_node.broker.grant("a10-overlord", ROLE_OVERLORD)
+
+    def transport(cn: str) -> Amqp10Transport:
+        identity = tls_node.identity(cn)
+        return Amqp10Transport(url, tls=client_tls(identity.ca_path, identity.cert_path, identity.key_path))
+
+    async def round_trip() -> bytes:
+        minion, overlord = transport("a10-minion"), transport("a10-overlord")
+        await minion.connect()
+        await overlord.connect()
+        try:
+            async def serve(delivery: Delivery) -> None:
+                await delivery.ack()
+                await minion.reply(str(delivery.envelope.reply_to), Envelope(body=b"pong " + delivery.envelope.body))
+
+            await minion.serve_minion("a10-minion", serve, prefetch=4)
+            replies: asyncio.Queue[Delivery] = asyncio.Queue()
+            reply_to = await overlord.open_reply_queue(replies.put)
+            await overlord.send("a10-minion", Envelope(body=b"over TLS", reply_to=reply_to))
+            return (await asyncio.wait_for(replies.get(), DELIVERY_TIMEOUT)).envelope.body
+        finally:
+            await minion.close()
+            await overlord.close()
+
+    assert asyncio.run(round_trip()) == b"pong over TLS"
+
+    async def stranger() -> None:  # a certificate from the CA, but no broker user
+        await transport("a10-stranger").connect()
+
+    with pytest.raises(TransportError):
+        asyncio.run(stranger())
+    with pytest.raises(ConfigError):  # TLS with no certificate at all: said before connecting
+        Amqp10Transport(url)

@@ -20,7 +20,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from func_amqp.broker.node import ROLE_MINION, ROLE_OVERLORD, PrivateBroker
+from func_amqp.broker.node import ROLE_MINION, ROLE_OVERLORD, PrivateBroker, amqp10_url
 from func_amqp.config import ENV_BROKER_URL, Paths
 from func_amqp.errors import Code
 from func_amqp.overlord.client import Overlord
@@ -33,11 +33,11 @@ from func_amqp.security.credentials import CA_HOST_TLS_CN, broker_tls, overlord_
 from func_amqp.security.identity import acl_key
 from func_amqp.security.keys import HostIdentity, generate_key, load_private_key
 from func_amqp.security.signing import Signer
-from func_amqp.security.tls import client_context
+from func_amqp.security.tls import client_tls, wants_tls
 from func_amqp.transport import transport_for_url
 from func_amqp.transport.base import Delivery
 from tests.broker_support import node_state_dir
-from tests.conftest import BOTH_TRANSPORTS, MinionFactory, MinionProcess
+from tests.conftest import AMQP10, BOTH_TRANSPORTS, MinionFactory, MinionProcess
 
 pytestmark = pytest.mark.broker
 TRANSPORTS = BOTH_TRANSPORTS
@@ -169,6 +169,8 @@ def secured(request: pytest.FixtureRequest, func_env: dict[str, str], tmp_path: 
         node: TlsNode = request.getfixturevalue("tls_node")
         shutil.copytree(node.ca_dir, Paths.resolve().ca_dir, dirs_exist_ok=True)  # the broker's CA
         url = node.broker.url or ""
+        if request.getfixturevalue("transport") == AMQP10:
+            url = amqp10_url(url)
         monkeypatch.setenv(ENV_BROKER_URL, url)
         factory = MinionFactory({**func_env, ENV_BROKER_URL: url}, tmp_path, lambda name: node.broker.grant(name, ROLE_MINION))
     try:
@@ -310,10 +312,10 @@ def test_forged_reply_is_refused_by_the_overlord(
     rpc = ol._async.rpc  # the caller's own reply address and pending calls
     forger = issue("forger", tmp_path)
     tls = None
-    if secured_url.startswith("amqps"):
+    if wants_tls(secured_url):
         request.getfixturevalue("tls_node").broker.grant("forger", ROLE_MINION)
         pki = HostIdentity(tmp_path / "pki-forger", "forger")
-        tls = client_context(pki.ca_path, pki.cert_path, pki.key_path)
+        tls = client_tls(pki.ca_path, pki.cert_path, pki.key_path)
     outcome: dict[str, Any] = {}
 
     async def inject() -> None:

@@ -11,7 +11,8 @@ from func_amqp.errors import ConfigError, ProtocolError
 from func_amqp.protocol import codec, names
 from func_amqp.protocol.envelope import Envelope
 from func_amqp.protocol.messages import AgentLocateRequest, MethodRequest
-from func_amqp.transport import amqp10_url, transport_for_url
+from func_amqp.broker.node import amqp10_url
+from func_amqp.transport import transport_for_url
 from func_amqp.transport.amqp10 import APP_ID_PROPERTY, Amqp10Transport, proton_url, to_envelope, to_message
 
 proton = pytest.importorskip("proton")
@@ -53,8 +54,11 @@ def test_headers_of_other_types_are_dropped() -> None:
 def test_urls() -> None:
     assert proton_url("amqp10://u:p@host:5672/vh?x=1") == "amqp://u:p@host:5672"
     assert amqp10_url("amqp://guest:guest@127.0.0.1:5672/") == "amqp10://guest:guest@127.0.0.1:5672/"
+    # the private TLS node: Proton checks DNS names only, and EXTERNAL needs no query
+    assert amqp10_url("amqps://127.0.0.1:5671/?auth=external") == "amqp10s://localhost:5671/"
     with pytest.raises(ConfigError):
-        amqp10_url("amqps://host/")
+        amqp10_url("stomp://host/")
+    assert proton_url("amqp10s://localhost:5671/") == "amqps://localhost:5671"
     assert isinstance(transport_for_url("amqp10://host:5672/"), Amqp10Transport)
     with pytest.raises(ConfigError, match="amqp10://"):
         transport_for_url("stomp://host/")
@@ -75,3 +79,8 @@ def test_definitions_hold_every_shared_exchange_durably() -> None:
         assert held[name]["type"] == kind and held[name]["durable"] and held[name]["arguments"] == (arguments or {})
     assert held[names.DEAD_LETTER_EXCHANGE]["type"] == "fanout"
     assert definitions()["queues"][0]["arguments"] == names.DEAD_LETTER_QUEUE_ARGUMENTS
+
+
+def test_tls_without_a_certificate_is_refused_before_connecting() -> None:
+    with pytest.raises(ConfigError, match="no certificate"):
+        Amqp10Transport("amqp10s://broker.example.org:5671/")
