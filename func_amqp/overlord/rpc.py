@@ -216,7 +216,8 @@ class RpcClient:
             return future.result()
         probe = asyncio.get_running_loop().create_task(self.probe(target, min(PRESENCE_PROBE_TIMEOUT, timeout)))
         try:
-            await asyncio.wait({future, probe}, return_when=asyncio.FIRST_COMPLETED)
+            waiters: set[asyncio.Future[Any]] = {future, probe}
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             if not future.done() and not probe.result():
                 raise Unroutable(f"minion {target} did not answer a presence probe")
             return await future

@@ -97,7 +97,8 @@ def to_message(env: Envelope) -> "Message":
     msg = Message(body=env.body, inferred=True, properties=props)
     msg.id = env.message_id
     msg.correlation_id = env.correlation_id
-    msg.reply_to = env.reply_to
+    if env.reply_to:
+        msg.reply_to = env.reply_to
     if env.content_type:
         msg.content_type = env.content_type
         msg.content_encoding = names.CONTENT_ENCODING
@@ -112,7 +113,8 @@ def to_message(env: Envelope) -> "Message":
 
 def to_envelope(msg: "Message") -> Envelope:
     headers: dict[str, HeaderValue] = {}
-    for key, value in (msg.properties or {}).items():
+    properties: dict[Any, Any] = msg.properties or {}
+    for key, value in properties.items():
         if isinstance(value, (str, int, float, bool)):
             headers[str(key)] = value
     app_id = headers.pop(APP_ID_PROPERTY, None)
@@ -352,7 +354,7 @@ class _Reactor(MessagingHandler):  # type: ignore[misc]
         if state is not None:
             state.link.close()
 
-    def settle(self, name: str, number: int, outcome: Any) -> None:
+    def settle_received(self, name: str, number: int, outcome: Any) -> None:
         state = self.links.get(name)
         delivery = state.unsettled.pop(number, None) if state is not None else None
         if state is None or delivery is None:
@@ -465,11 +467,11 @@ def _set_result(future: asyncio.Future[Any], value: Any) -> None:
         future.set_result(value)
 
 
-_TASKS: set[asyncio.Task[None]] = set()
+_TASKS: set[asyncio.Future[None]] = set()
 
 
 def _dispatch(handler: Handler, item: Any) -> None:
-    task = asyncio.get_running_loop().create_task(handler(item))
+    task: asyncio.Future[None] = asyncio.ensure_future(handler(item))
     _TASKS.add(task)
     task.add_done_callback(_TASKS.discard)
 
@@ -491,7 +493,7 @@ class _Delivery:
         if not self._settled:
             self._settled = True
             reactor, link, number = self._reactor, self._link, self._number
-            reactor.submit(lambda: reactor.settle(link, number, outcome))
+            reactor.submit(lambda: reactor.settle_received(link, number, outcome))
 
     async def ack(self) -> None:
         self._settle(Disposition.ACCEPTED)
