@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from func_amqp.broker.node import PrivateBroker
 from func_amqp.config import Paths
 from func_amqp.overlord.client import Overlord
 from func_amqp.protocol import names
+from func_amqp.protocol.envelope import Envelope
+from func_amqp.transport import Delivery, Transport, transport_for_url
 
 
 @contextlib.contextmanager
@@ -68,3 +71,20 @@ def ping_until_answered(name: str, within: float = 30.0) -> Any:
         if result == 1 or time.time() > deadline:
             return result
         time.sleep(0.5)
+
+
+@contextlib.asynccontextmanager
+async def raw_client(url: str) -> AsyncIterator[tuple[Transport, str, asyncio.Queue[Envelope]]]:
+    """A connected transport with a reply address, for tests that send by hand:
+    (transport, reply address, the replies as they arrive)."""
+    transport = transport_for_url(url)
+    await transport.connect()
+    try:
+        replies: asyncio.Queue[Envelope] = asyncio.Queue()
+
+        async def on_reply(delivery: Delivery) -> None:
+            replies.put_nowait(delivery.envelope)
+
+        yield transport, await transport.open_reply_queue(on_reply), replies
+    finally:
+        await transport.close()

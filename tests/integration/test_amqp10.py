@@ -22,9 +22,8 @@ from func_amqp.overlord.client import Overlord
 from func_amqp.protocol import codec, names
 from func_amqp.protocol.envelope import Envelope
 from func_amqp.protocol.messages import ExceptionResponse, MethodRequest
-from func_amqp.transport import transport_for_url
 from func_amqp.transport.amqp10 import Amqp10Transport
-from tests.broker_support import malformed_request, ping_until_answered
+from tests.broker_support import malformed_request, ping_until_answered, raw_client
 from tests.conftest import AMQP10, MinionFactory, run_cli
 
 pytestmark = pytest.mark.broker
@@ -41,15 +40,7 @@ def _garbage(i: int, reply_to: str | None) -> Envelope:
 
 async def _flood(url: str, target: str) -> list[int]:
     """Send garbage over AMQP 1.0; return the error codes answered."""
-    transport = transport_for_url(url)
-    await transport.connect()
-    try:
-        replies: asyncio.Queue[Envelope] = asyncio.Queue()
-
-        async def on_reply(delivery: Any) -> None:
-            replies.put_nowait(delivery.envelope)
-
-        reply_to = await transport.open_reply_queue(on_reply)
+    async with raw_client(url) as (transport, reply_to, replies):
         expected = 0
         for i in range(FLOOD):
             answer = reply_to if i % 2 else None
@@ -64,8 +55,6 @@ async def _flood(url: str, target: str) -> list[int]:
                 assert isinstance(reply, ExceptionResponse)
                 codes.append(reply.code)
         return codes
-    finally:
-        await transport.close()
 
 
 def test_flood_of_malformed_messages_over_amqp10(broker_url: str, minions: MinionFactory, prefix: str) -> None:

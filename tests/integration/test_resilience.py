@@ -18,8 +18,7 @@ from func_amqp.protocol import codec, names
 from func_amqp.protocol.envelope import Envelope
 from func_amqp.protocol.messages import ExceptionResponse, MethodRequest
 from func_amqp.security.credentials import overlord_credentials
-from func_amqp.transport import transport_for_url
-from tests.broker_support import malformed_request, ping_until_answered
+from tests.broker_support import malformed_request, ping_until_answered, raw_client
 from tests.conftest import AMQP091, BOTH_TRANSPORTS, MinionFactory
 
 pytestmark = pytest.mark.broker
@@ -122,15 +121,7 @@ def test_expired_request_is_never_started(broker_url: str, minions: MinionFactor
     minions.start(name)
 
     async def send_late() -> int:
-        transport = transport_for_url(broker_url)
-        await transport.connect()
-        try:
-            replies: asyncio.Queue[Envelope] = asyncio.Queue()
-
-            async def on_reply(delivery: Any) -> None:
-                replies.put_nowait(delivery.envelope)
-
-            reply_to = await transport.open_reply_queue(on_reply)
+        async with raw_client(broker_url) as (transport, reply_to, replies):
             late = MethodRequest("command", "run", [f"touch {marker}"], time.time() - 5, name)
             env = codec.encode(late, correlation_id="late", reply_to=reply_to)
             signer = overlord_credentials(Paths.resolve()).signer
@@ -141,8 +132,6 @@ def test_expired_request_is_never_started(broker_url: str, minions: MinionFactor
             reply = codec.decode(await asyncio.wait_for(replies.get(), 30), 1 << 20)
             assert isinstance(reply, ExceptionResponse)
             return reply.code
-        finally:
-            await transport.close()
 
     assert asyncio.run(send_late()) == Code.EXPIRED
     assert not marker.exists()
