@@ -161,7 +161,7 @@ class Minion:
         if not (cfg.jobs or cfg.pool_slots):
             return None
         if not service.transport.keeps_jobs:
-            _log.warning("%s keeps no durable jobs: this minion takes interactive calls only", masked_url(service.transport.url))
+            _log.warning("%s; until then this minion takes interactive calls only", service.transport.jobs_unavailable())
             return None
         ledger = JobLedger(self.paths.job_ledger(self.name))
         return JobWorker(service, ledger, direct=cfg.jobs, pools=cfg.pool_slots, tags=cfg.tag_map)

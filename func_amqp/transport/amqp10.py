@@ -48,6 +48,9 @@ except ImportError:  # pragma: no cover - the extra is not installed
     MessagingHandler = object  # type: ignore[assignment,misc]
 
 _log = logging.getLogger(__name__)
+# Proton logs every connect at INFO with the whole URL, password included; what matters
+# (connected, lost, reconnected) this module logs itself, with the password masked.
+logging.getLogger("proton").setLevel(logging.WARNING)
 
 CONNECT_TIMEOUT = 5.0
 STOP_TIMEOUT = 5.0
@@ -539,6 +542,14 @@ class Amqp10Transport(Transport):
         self._connect_timeout = connect_timeout
         self._reactor: _Reactor | None = None
         self._serving: list[str] = []
+
+    def jobs_unavailable(self) -> TransportError:
+        return TransportError(
+            f"durable jobs and builder pools are not available over AMQP 1.0 ({masked_url(self.url)}): "
+            "they need quorum queues with arguments, which AMQP 1.0 clients cannot declare on "
+            "RabbitMQ 3.x; a site that needs them runs on the broker's AMQP 0-9-1 URL "
+            "(amqp:// or amqps://) instead (docs/brokers.md)"
+        )
 
     # --- lifecycle ------------------------------------------------------------------
 

@@ -153,8 +153,12 @@ class Transport(abc.ABC):
     # Persistent, confirmed messages in durable queues that outlive both ends; a
     # transport without them (the in-memory twin) says so instead of losing jobs.
 
-    def _no_jobs(self) -> TransportError:
-        return TransportError(f"jobs need a broker: {masked_url(self.url)} keeps no durable queues")
+    def jobs_unavailable(self) -> TransportError:
+        """Why durable jobs do not work over this transport, and what to do instead."""
+        return TransportError(
+            f"jobs need a broker that keeps durable queues, and {masked_url(self.url)} keeps none: "
+            "point broker_url (or FUNC_AMQP_URL) at RabbitMQ"
+        )
 
     async def serve_jobs(
         self, queue: str, route: tuple[str, str], handler: JobHandler, *, prefetch: int, delivery_limit: int | None = None, dead_letter: bool = True
@@ -162,17 +166,17 @@ class Transport(abc.ABC):
         """Consume durable queue ``queue`` (created if missing, bound by ``route``:
         exchange and key), with manual settlement and at most ``prefetch`` unsettled;
         with ``dead_letter``, what it gives up goes back to its owner."""
-        raise self._no_jobs()
+        raise self.jobs_unavailable()
 
     async def submit_job(self, route: tuple[str, str], envelope: Envelope) -> None:
         """Publish a job (or a cancel of one) persistently and confirmed to ``route``
         (exchange, routing key); Unroutable when no queue takes it."""
-        raise self._no_jobs()
+        raise self.jobs_unavailable()
 
     async def publish_job_event(self, envelope: Envelope) -> None:
         """Publish a job event persistently to its owner's queue (its owner header)."""
-        raise self._no_jobs()
+        raise self.jobs_unavailable()
 
     async def open_job_events(self, owner: str, handler: Handler | None) -> WorkConsumer | None:
         """Create ``owner``'s durable event queue, and consume it when ``handler`` is given."""
-        raise self._no_jobs()
+        raise self.jobs_unavailable()

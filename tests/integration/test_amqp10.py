@@ -127,3 +127,23 @@ def test_calls_work_again_after_a_broker_restart(broker: Any, minions: MinionFac
     broker.start()
     assert ping_until_answered(name) == 1
     assert minion.proc.poll() is None
+
+
+def test_jobs_over_amqp10_are_refused_at_once_saying_why(minions: MinionFactory, prefix: str, func_env: dict[str, str]) -> None:
+    """A minion configured for a pool says at start-up that pools need AMQP 0-9-1 and
+    serves calls; an async call, a pool job and the jobs command each fail in one line."""
+    name = f"{prefix}-1"
+    minion = minions.start(name, conf="pools = builders:2\n")
+    assert "builder pools are not available over AMQP 1.0" in minion.output()
+    assert ":guest@" not in minion.output()  # Proton's own connect log carries the password
+    for argv in (
+        ("func_amqp.cli.func", name, "call", "--async", "test", "ping"),
+        ("func_amqp.cli.admin", "jobs", "submit", "--pool", "builders", "test", "ping"),
+        ("func_amqp.cli.admin", "jobs", "list"),
+    ):
+        out = run_cli(*argv, env=func_env)
+        assert out.returncode == 1, out
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and "AMQP 0-9-1 URL" in lines[0], out.stderr
+    assert Overlord(name, noglobs=True).test.ping() == 1
+    assert minion.proc.poll() is None
