@@ -28,7 +28,7 @@ from func_amqp.protocol.names import valid_minion_name
 from func_amqp.security.credentials import Credentials, broker_tls, crl_path, from_files
 from func_amqp.security.tls import BrokerTls, wants_tls
 from func_amqp.security.keys import HostIdentity, clean_command
-from func_amqp.transport import Transport, transport_for_url
+from func_amqp.transport import transport_for_url
 from func_amqp.transport.base import masked_url, name_taken
 
 _log = logging.getLogger(__name__)
@@ -166,11 +166,10 @@ class Minion:
         ledger = JobLedger(self.paths.job_ledger(self.name))
         return JobWorker(service, ledger, direct=cfg.jobs, pools=cfg.pool_slots, tags=cfg.tag_map)
 
-    async def _secure(self, transport: Transport, background: set[asyncio.Task[None]]) -> Gate:
+    async def _secure(self, rpc: RpcClient, background: set[asyncio.Task[None]]) -> Gate:
         """Enroll if needed, keep the CRL fresh, and return the gate requests pass."""
         if not self.config.require_signatures:
             return self.gate()
-        rpc = RpcClient(transport, self.config.max_message_bytes)  # unsigned: no certificate yet
         await rpc.start()
         if self.needs_enrollment():
             await enroll(rpc, self.identity(), self.config.certmaster, self.config.certmaster_poll_interval)
@@ -185,7 +184,7 @@ class Minion:
 
     # --- serving ----------------------------------------------------------------------
 
-    async def _refuse_namesake(self, transport: Transport) -> None:
+    async def _refuse_namesake(self, rpc: RpcClient) -> None:
         """A transport that cannot hold a name for one minion (AMQP 1.0) asks first
         whether another minion of this name answers.
 
@@ -193,9 +192,10 @@ class Minion:
         minion role may not publish to func.minions (and RabbitMQ closes the whole
         connection on a refused publish); a second minion of a name needs its key.
         """
-        if transport.reports_unroutable or wants_tls(self.broker_url):
+        if rpc.transport.reports_unroutable or wants_tls(self.broker_url):
             return
-        if await _namesake_answers(transport, self.name, self.config.max_message_bytes):
+        await rpc.start()
+        if await rpc.probe(self.name, NAMESAKE_PROBE_TIMEOUT, unsent=False):
             raise name_taken(self.name)
 
     async def serve(self, stop: asyncio.Event) -> None:
@@ -203,11 +203,14 @@ class Minion:
         transport = transport_for_url(self.broker_url, self.broker_tls())
         await transport.connect()
         background: set[asyncio.Task[None]] = set()
+        # one unsigned client (one reply address) for what the minion asks before it
+        # serves: enrolment, the CRL, whether its name is taken
+        helper = RpcClient(transport, self.config.max_message_bytes)
         try:
-            gate = await _until(stop, self._secure(transport, background))
+            gate = await _until(stop, self._secure(helper, background))
             if gate is None:
                 return
-            await self._refuse_namesake(transport)
+            await self._refuse_namesake(helper)
             service = MinionService(transport, self.interface, self.settings(), gate=gate, audit=self.audit_log())
             service.jobs = self.job_worker(service)
             await service.start()
@@ -220,12 +223,6 @@ class Minion:
             for task in background:
                 task.cancel()
             await transport.close()
-
-
-async def _namesake_answers(transport: Transport, name: str, max_message_bytes: int) -> bool:
-    rpc = RpcClient(transport, max_message_bytes)
-    await rpc.start()
-    return await rpc.probe(name, NAMESAKE_PROBE_TIMEOUT, unsent=False)
 
 
 async def _until(stop: asyncio.Event, work: Awaitable[T]) -> T | None:

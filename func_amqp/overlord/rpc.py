@@ -88,7 +88,9 @@ class RpcClient:
         self._reply_to: str | None = None
 
     async def start(self) -> None:
-        self._reply_to = await self.transport.open_reply_queue(self._on_reply)
+        """Open the reply address (once: a second start keeps the first)."""
+        if self._reply_to is None:
+            self._reply_to = await self.transport.open_reply_queue(self._on_reply)
 
     async def _on_reply(self, delivery: Delivery) -> None:
         env = delivery.envelope
