@@ -15,7 +15,7 @@ from func_amqp.minion.acl import Acl
 from func_amqp.protocol import names
 from func_amqp.protocol.envelope import Envelope
 from func_amqp.protocol.messages import Opcode
-from func_amqp.security.identity import TrustSource, acl_key
+from func_amqp.security.identity import TrustSource, identity_acl_key
 from func_amqp.security.signing import ReplayGuard, Signer
 
 
@@ -81,7 +81,7 @@ class MinionSecurity:
             if exc.code != Code.REPLAYED or not env.redelivered:
                 raise
         is_ca = identity.certificate == store.ca_certificate
-        return Caller(acl_key(identity.certificate), identity.cn, is_ca)
+        return Caller(identity_acl_key(identity), identity.cn, is_ca)
 
     def authorize(self, caller: Caller, method: str) -> None:
         """Raise AccessToMethodDenied unless the ACLs grant ``method`` to ``caller``.

@@ -17,7 +17,7 @@ from pathlib import Path
 from cryptography import x509
 
 from func_amqp.security import ca as ca_module
-from func_amqp.security.signing import TrustStore
+from func_amqp.security.signing import Identity, TrustStore
 
 _log = logging.getLogger(__name__)
 
@@ -29,6 +29,13 @@ def acl_key(cert: x509.Certificate) -> str:
     """``<CN>-<hash>``: the key func's ACL files grant methods to."""
     cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
     return f"{str(cn).lower()}-{ca_module.subject_hash(cert)}"
+
+
+def identity_acl_key(identity: Identity) -> str:
+    """:func:`acl_key` of a verified signer, from the names its verification cached."""
+    if identity.subject_hash is None:
+        return acl_key(identity.certificate)
+    return f"{identity.cn.lower()}-{identity.subject_hash}"
 
 
 @dataclass

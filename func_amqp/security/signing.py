@@ -48,7 +48,6 @@ import heapq
 import math
 import re
 import secrets
-import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -118,11 +117,6 @@ def _int_header(env: Envelope, name: str) -> str:
     return str(value)
 
 
-def _field(value: str) -> bytes:
-    data = value.encode("utf-8")
-    return struct.pack(">I", len(data)) + data
-
-
 def signed_bytes(env: Envelope, nonce: str, fingerprint: str) -> bytes:
     """The exact bytes a signature covers; raises ValueError for mistyped headers.
 
@@ -166,7 +160,11 @@ def signed_bytes(env: Envelope, nonce: str, fingerprint: str) -> bytes:
         fingerprint,
         hashlib.sha256(env.body).hexdigest(),
     )
-    return SIGNED_BYTES_MAGIC + b"".join(_field(value) for value in fields)
+    parts = [SIGNED_BYTES_MAGIC]  # every message's signature covers this: kept lean
+    for value in fields:
+        data = value.encode("utf-8")
+        parts += (len(data).to_bytes(4, "big"), data)
+    return b"".join(parts)
 
 
 def signed_deadline(env: Envelope) -> float | None:
@@ -385,7 +383,9 @@ class TrustStore:
             _check_crl(crl, ca_certificate)
         self._ca = ca_certificate
         self._crl = crl
-        self._verified: dict[str, tuple[x509.Certificate, str, str, PublicKey]] = {}
+        # a set, read once: the CRL's own lookup scans every entry, on every message
+        self._revoked = frozenset(entry.serial_number for entry in crl) if crl is not None else frozenset()
+        self._verified: dict[str, tuple[Identity, PublicKey]] = {}
         self._clock = clock
         self._subject_hash = subject_hash
         self._strict_crl = strict_crl
@@ -414,7 +414,8 @@ class TrustStore:
         nonce = _security_header(env, H_NONCE, 2 * NONCE_BYTES)
         if not NONCE_RE.fullmatch(nonce):
             raise _bad(f"the {H_NONCE} header must be {2 * NONCE_BYTES} lowercase hex digits")
-        cert, fingerprint, cn, key = self._certificate(env)
+        identity, key = self._certificate(env)
+        cn, fingerprint = identity.cn, identity.fingerprint
         signature = _b64(signature_b64, H_SIGNATURE)
         claimed = env.headers.get(H_FINGERPRINT)
         if claimed is not None and claimed != fingerprint:
@@ -428,12 +429,7 @@ class TrustStore:
         except InvalidSignature:
             raise _bad(f"the signature of {cn!r} does not match the message (forged or tampered)") from None
         self._check_expected(env, cn, expected_signer, expected_target)
-        return Identity(
-            cn=cn,
-            subject_hash=self._subject_hash(cert) if self._subject_hash else None,
-            fingerprint=fingerprint,
-            certificate=cert,
-        )
+        return identity
 
     @property
     def ca_certificate(self) -> x509.Certificate:
@@ -443,25 +439,31 @@ class TrustStore:
     def crl(self) -> x509.CertificateRevocationList | None:
         return self._crl
 
-    def _certificate(self, env: Envelope) -> tuple[x509.Certificate, str, str, PublicKey]:
-        """The signer's certificate, fingerprint, CN and key, checked against this CA.
+    def _certificate(self, env: Envelope) -> tuple[Identity, PublicKey]:
+        """Who the signer's certificate names, and its key, checked against this CA.
 
-        Parsing and the CA's signature on the certificate cost most of a verification
-        and do not change, so they are done once per certificate (the cache lives as
-        long as this store, which is rebuilt when the CA or CRL file changes); validity
-        and revocation are checked on every message.
+        Parsing, the CA's signature on the certificate and the names derived from it
+        cost most of a verification and do not change, so they are done once per
+        certificate (the cache lives as long as this store, which is rebuilt when the CA
+        or CRL file changes); validity and revocation are checked on every message.
         """
         header = env.headers.get(H_CERTIFICATE)
         hit = self._verified.get(header) if isinstance(header, str) else None
         if hit is None:
             cert = _load_certificate(env)
             cn, key = self._check_certificate(cert)
-            hit = (cert, fingerprint_of(cert), cn, key)
+            identity = Identity(
+                cn=cn,
+                subject_hash=self._subject_hash(cert) if self._subject_hash else None,
+                fingerprint=fingerprint_of(cert),
+                certificate=cert,
+            )
+            hit = (identity, key)
             if len(self._verified) >= VERIFIED_CACHE_SIZE:
                 self._verified.clear()
             self._verified[str(header)] = hit
         else:
-            self._check_current(hit[0])
+            self._check_current(hit[0].certificate)
         return hit
 
     def _check_current(self, cert: x509.Certificate) -> None:
@@ -510,7 +512,7 @@ class TrustStore:
             return
         if self._strict_crl and self.crl_is_stale():
             raise _untrusted("the certificate revocation list is out of date")
-        if self._crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+        if cert.serial_number in self._revoked:
             raise SecurityError(
                 f"the certificate with serial {cert.serial_number:x} has been revoked",
                 Code.REVOKED_CERTIFICATE,

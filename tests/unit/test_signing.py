@@ -469,6 +469,14 @@ def test_revoked_certificate_is_refused(ca: Authority) -> None:
     refused(store, signed(Signer(key, cert)), Code.REVOKED_CERTIFICATE)
 
 
+def test_a_long_crl_refuses_its_last_entry_and_no_other(ca: Authority, overlord: Signer) -> None:
+    key, cert = ca.issue("revoked")
+    store = TrustStore(ca.cert, ca.crl(*range(10_000, 12_000), cert.serial_number), clock)
+    refused(store, signed(Signer(key, cert)), Code.REVOKED_CERTIFICATE)
+    for _ in range(2):  # the second time from the verified-certificate cache
+        store.verify(signed(overlord))
+
+
 def test_certificate_not_on_the_crl_is_accepted(ca: Authority, overlord: Signer) -> None:
     store = TrustStore(ca.cert, ca.crl(12345), clock)
     assert not store.crl_is_stale()
