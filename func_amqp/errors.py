@@ -54,6 +54,7 @@ class Code(enum.IntEnum):
     UNTRUSTED_CERTIFICATE = 17
     REVOKED_CERTIFICATE = 18
     REPLAYED = 19
+    NO_SUCH_CALL = 20
 
     @property
     def description(self) -> str:
@@ -80,6 +81,7 @@ _DESCRIPTIONS = {
     Code.UNTRUSTED_CERTIFICATE: "the certificate is not from this CA, or not valid now",
     Code.REVOKED_CERTIFICATE: "the certificate has been revoked",
     Code.REPLAYED: "the request was seen before (replay)",
+    Code.NO_SUCH_CALL: "no call of that id is running or just finished on this minion",
 }
 
 

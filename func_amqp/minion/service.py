@@ -40,6 +40,7 @@ from func_amqp.minion import audit, progress
 from func_amqp.minion.audit import AuditLog
 from func_amqp.minion.calls import InFlightCall
 from func_amqp.minion.progress import CallContext
+from func_amqp.minion.recent import KEEP_SECONDS, RecentReplies
 from func_amqp.minion.security import UNAUTHENTICATED, Caller, Gate, OpenAccess
 from func_amqp.minion.server import AmqpInterface
 from func_amqp.protocol import codec, names
@@ -194,6 +195,7 @@ class MinionService:
         )
         self._inflight: set[asyncio.Task[None]] = set()
         self._calls: dict[str, InFlightCall] = {}
+        self._recent = RecentReplies()
         self._heartbeat: asyncio.Task[None] | None = None
         self._stopping = False
         self.jobs: JobTaker | None = None
@@ -355,7 +357,11 @@ class MinionService:
                 return "system.list_modules"
             case QueryRequest():
                 return f"{request.module}.get_method_args"
-            case SubscribeRequest() | CancelRequest():
+            case SubscribeRequest():
+                call = self._calls.get(request.call_id)
+                finished = self._recent.get(request.call_id) if call is None else None
+                return call.full_name if call is not None else finished.full_name if finished is not None else None
+            case CancelRequest():
                 call = self._calls.get(request.call_id)
                 return call.full_name if call is not None else None
         return None
@@ -460,16 +466,20 @@ class MinionService:
         return reply
 
     async def _finish(self, call: InFlightCall, reply: Reply, deadline: float) -> None:
-        """Send the final reply to every follower, after the indications before it."""
+        """Send the final reply to every follower, after the indications before it, and
+        keep it a while for a follower that missed it (recent.py)."""
         if call.finished:
             return  # abandoned after a cancel: its late result has nobody to go to
         self._calls.pop(call.call_id, None)
+        # encoded and kept before anything awaits: a follow from now on finds it kept
+        envelopes = [(reply_to, self._encode_reply(reply, cid)) for reply_to, cid in call.followers]
+        if envelopes:  # without followers (a job) the outcome goes to the job's owner
+            self._recent.add(call.call_id, call.full_name, reply, len(envelopes[0][1].body))
         await call.close()
-        if len(call.followers) == 1:  # the usual case: just the caller
-            reply_to, cid = call.followers[0]
-            await self._send_reply(reply_to, cid, reply, deadline)
+        if len(envelopes) == 1:  # the usual case: just the caller
+            await self._deliver(*envelopes[0], deadline)
             return
-        await asyncio.gather(*(self._send_reply(reply_to, cid, reply, deadline) for reply_to, cid in call.followers))
+        await asyncio.gather(*(self._deliver(reply_to, env, deadline) for reply_to, env in envelopes))
 
     async def finish(self, call: InFlightCall, reply: Reply) -> None:
         """Send a finished call's reply to its followers, if it has any."""
@@ -490,11 +500,18 @@ class MinionService:
         call = self._calls.get(request.call_id)
         if not env.reply_to or not env.correlation_id:
             return
-        if call is None:
-            reply = code_reply(Code.BAD_REQUEST, f"no running call {request.call_id!r} on this minion (it may have finished)")
-            await self._send_reply(env.reply_to, env.correlation_id, reply, request.deadline)
+        if call is not None:
+            call.follow(env.reply_to, env.correlation_id)
             return
-        call.follow(env.reply_to, env.correlation_id)
+        finished = self._recent.get(request.call_id)
+        if finished is not None:
+            reply = finished.reply
+        else:
+            reply = code_reply(
+                Code.NO_SUCH_CALL,
+                f"no call {request.call_id!r} is running on this minion or finished in the last {KEEP_SECONDS:g} s",
+            )
+        await self._send_reply(env.reply_to, env.correlation_id, reply, request.deadline)
 
     def _cancel(self, request: CancelRequest, caller: Caller) -> Reply:
         call = self._calls.get(request.call_id)
@@ -527,9 +544,11 @@ class MinionService:
         return env
 
     async def _send_reply(self, reply_to: str | None, correlation_id: str | None, reply: Reply, deadline: float) -> None:
-        if not reply_to:
-            return
-        env = self._encode_reply(reply, correlation_id)
+        if reply_to:
+            await self._deliver(reply_to, self._encode_reply(reply, correlation_id), deadline)
+
+    async def _deliver(self, reply_to: str, env: Envelope, deadline: float) -> None:
+        """Send an encoded reply, retrying while the caller may be reconnecting."""
         give_up = (deadline or time.time()) + REPLY_GRACE
         while True:
             try:

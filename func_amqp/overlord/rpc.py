@@ -61,6 +61,8 @@ within this many seconds has its minion's presence probed..."""
 PRESENCE_PROBE_TIMEOUT = 2.0
 """...and fails as 'not connected' when the probe gets no answer within this many."""
 LOCATE_GRACE = 0.05
+RECOVER_RETRY_INTERVAL = 1.0
+"""Seconds between asks for a call's reply after a reconnect, while the minion is not back."""
 """Seconds to keep listening after every expected minion answered a locate."""
 
 
@@ -86,11 +88,47 @@ class RpcClient:
         self._collectors: dict[str, asyncio.Queue[Reply]] = {}
         self._listeners: dict[str, IndicationListener] = {}
         self._reply_to: str | None = None
+        self._calls: dict[str, float] = {}
+        """Pending method calls (correlation id -> deadline): the ones a minion can be
+        asked again for their reply."""
+        self._recoveries: dict[str, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
         """Open the reply address (once: a second start keeps the first)."""
         if self._reply_to is None:
-            self._reply_to = await self.transport.open_reply_queue(self._on_reply)
+            self._reply_to = await self.transport.open_reply_queue(self._on_reply, on_reattached=self._recover_pending)
+
+    # --- replies lost while the reply address was away -------------------------------
+
+    def _recover_pending(self) -> None:
+        """The reply address receives again after a reconnect, and replies sent while it
+        was away are lost (AMQP 1.0): ask each pending call's minion for it again."""
+        loop = asyncio.get_running_loop()
+        for cid, deadline in self._calls.items():
+            target = self._targets.get(cid)
+            running = self._recoveries.get(cid)
+            if target is not None and (running is None or running.done()):
+                self._recoveries[cid] = loop.create_task(self._recover(target, cid, deadline))
+
+    async def _recover(self, target: str, cid: str, deadline: float) -> None:
+        """Follow call ``cid`` on ``target`` (protocol.md §12): a running call's final
+        reply comes to the follower too, a just finished one's at once."""
+        while (future := self._pending.get(cid)) is not None and not future.done():
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                return
+            try:
+                reply = await self.request(target, SubscribeRequest(cid, deadline), remaining)
+            except (MinionUnreachable, CallFailed):  # the minion is not back yet
+                await asyncio.sleep(RECOVER_RETRY_INTERVAL)
+                continue
+            except MinionTimeout:
+                return
+            if isinstance(reply, ExceptionResponse) and reply.code == Code.NO_SUCH_CALL:
+                return  # it never got there (lost in the restart), or its own reply comes
+            if not future.done():
+                future.set_result(reply)
+            return
 
     async def _on_reply(self, delivery: Delivery) -> None:
         env = delivery.envelope
@@ -190,6 +228,8 @@ class RpcClient:
         if on_indication is not None:
             self._listeners[cid] = on_indication
         self._targets[cid] = target
+        if isinstance(message, MethodRequest):
+            self._calls[cid] = message.deadline
         try:
             env = self._envelope(message, cid, target)
             deadline = getattr(message, "deadline", 0) or time.time() + timeout
@@ -210,6 +250,10 @@ class RpcClient:
             self._pending.pop(cid, None)
             self._listeners.pop(cid, None)
             self._targets.pop(cid, None)
+            self._calls.pop(cid, None)
+            recovery = self._recoveries.pop(cid, None)
+            if recovery is not None:
+                recovery.cancel()
 
     async def _reply_unless_absent(self, target: str, future: asyncio.Future[Reply], timeout: float) -> Reply:
         """The reply; Unroutable if it is slow and a presence probe finds nobody."""

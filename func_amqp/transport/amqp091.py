@@ -32,7 +32,7 @@ from func_amqp.broker.node import CONSUMER_TIMEOUT_MS
 from func_amqp.errors import BrokerUnreachable, TransportError, Unroutable
 from func_amqp.protocol import names
 from func_amqp.protocol.envelope import Envelope, HeaderValue
-from func_amqp.transport.base import Handler, JobHandler, Transport, masked_url, name_taken
+from func_amqp.transport.base import Handler, JobHandler, Reattached, Transport, masked_url, name_taken
 
 _log = logging.getLogger(__name__)
 
@@ -373,7 +373,7 @@ class Amqp091Transport(Transport):
 
     # --- overlord side -------------------------------------------------------------
 
-    async def open_reply_queue(self, handler: Handler) -> str:
+    async def open_reply_queue(self, handler: Handler, *, on_reattached: Reattached | None = None) -> str:
         _, consume = self._require()
         name = names.REPLY_QUEUE_PREFIX + uuid.uuid4().hex
         async with self._mapped("cannot open a reply queue"):

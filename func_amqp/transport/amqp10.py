@@ -36,7 +36,7 @@ from func_amqp.errors import BrokerUnreachable, ConfigError, TransportError
 from func_amqp.protocol import names
 from func_amqp.protocol.envelope import Envelope, HeaderValue
 from func_amqp.security.tls import BrokerTls, wants_tls
-from func_amqp.transport.base import Handler, Transport, masked_url
+from func_amqp.transport.base import Handler, Reattached, Transport, masked_url
 
 try:
     import proton
@@ -159,6 +159,9 @@ class _Link:
     again on first use)."""
     credit: int = 0
     options: Any = None
+    on_reattached: Reattached | None = None
+    """Told (on the loop) when the receiver attaches again after a reconnect."""
+    reattaching: bool = False
 
 
 class _Reactor(MessagingHandler):  # type: ignore[misc]
@@ -263,8 +266,13 @@ class _Reactor(MessagingHandler):  # type: ignore[misc]
         if not self.closing:
             self._connect()
 
+    def _ended(self, event: Any, why: str) -> None:
+        """The connection of ``event`` ended: lost, if it is still the current one."""
+        if event.connection is not None and event.connection == self.connection:
+            self._connection_lost(why)
+
     def on_connection_remote_close(self, event: Any) -> None:
-        self._connection_lost(_condition_text(event.connection.remote_condition, "the broker closed the connection"))
+        self._ended(event, _condition_text(event.connection.remote_condition, "the broker closed the connection"))
 
     def on_func_amqp_work(self, event: Any) -> None:
         while self._work:
@@ -282,6 +290,7 @@ class _Reactor(MessagingHandler):  # type: ignore[misc]
                     state.unsettled.clear()
                     state.link = self.container.create_receiver(self.connection, state.source, name=name, options=state.options)
                     state.link.flow(state.credit)
+                    state.reattaching = True
         self.ever_opened = True
         self.to_loop(self._opened)
 
@@ -291,7 +300,18 @@ class _Reactor(MessagingHandler):  # type: ignore[misc]
 
     def on_disconnected(self, event: Any) -> None:
         condition = event.transport.condition if event.transport else None
-        self._connection_lost(_condition_text(condition, "connection refused"))
+        self._ended(event, _condition_text(condition, "connection refused"))
+
+    def on_session_error(self, event: Any) -> None:
+        """RabbitMQ, stopping, may end the session ("shutdown") before the connection.
+        Proton's default then closes the connection on our side, after which it reports
+        no disconnect at all: so this is the connection lost, too."""
+        self._ended(event, _condition_text(event.session.remote_condition, "the broker ended the session"))
+
+    def on_transport_closed(self, event: Any) -> None:
+        """Whatever closed the socket: the last word on a connection that is gone."""
+        condition = event.transport.condition if event.transport else None
+        self._ended(event, _condition_text(condition, "the connection closed"))
 
     def on_transport_error(self, event: Any) -> None:
         self.to_loop(self._fail_first, _condition_text(event.transport.condition, "transport error"))
@@ -404,8 +424,13 @@ class _Reactor(MessagingHandler):  # type: ignore[misc]
 
     def on_link_opened(self, event: Any) -> None:
         state = self.links.get(event.link.name)
-        if state is not None:
-            self.to_loop(_resolve, state.attached, None)
+        if state is None:
+            return
+        self.to_loop(_resolve, state.attached, None)
+        if state.reattaching:
+            state.reattaching = False
+            if state.on_reattached is not None:
+                self.to_loop(state.on_reattached)
 
     def on_link_error(self, event: Any) -> None:
         if event.connection != self.connection or event.connection.remote_state & proton.Endpoint.REMOTE_CLOSED:
@@ -614,11 +639,13 @@ class Amqp10Transport(Transport):
         except TransportError as exc:
             raise TransportError(f"{what}: {exc}") from None
 
-    async def _receive(self, source: str, handler: Handler, *, credit: int, settle: bool) -> str:
+    async def _receive(
+        self, source: str, handler: Handler, *, credit: int, settle: bool, on_reattached: Reattached | None = None
+    ) -> str:
         """Consume from ``source``; returns the link's name."""
         reactor = self._require()
         loop = asyncio.get_running_loop()
-        state = _Link(None, loop.create_future(), handler, settle)
+        state = _Link(None, loop.create_future(), handler, settle, on_reattached=on_reattached)
         named: asyncio.Future[str] = loop.create_future()
         options = None if settle else AtMostOnce()
         reactor.submit(lambda: reactor.to_loop(_set_result, named, reactor.open_receiver(source, state, credit, options)))
@@ -673,9 +700,9 @@ class Amqp10Transport(Transport):
 
     # --- overlord side -------------------------------------------------------------
 
-    async def open_reply_queue(self, handler: Handler) -> str:
+    async def open_reply_queue(self, handler: Handler, *, on_reattached: Reattached | None = None) -> str:
         address = rabbitmq_exchange_address(names.AMQP10_REPLY_EXCHANGE, names.REPLY_QUEUE_PREFIX + uuid.uuid4().hex)
-        await self._receive(address, handler, credit=REPLY_CREDIT, settle=False)
+        await self._receive(address, handler, credit=REPLY_CREDIT, settle=False, on_reattached=on_reattached)
         return address
 
     async def send(self, target: str, envelope: Envelope, *, control: bool = False) -> None:

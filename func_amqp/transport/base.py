@@ -69,6 +69,7 @@ def name_taken(name: str) -> TransportError:
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
+Reattached = Callable[[], None]
 JobHandler = Callable[[JobDelivery], Awaitable[None]]
 
 
@@ -130,8 +131,14 @@ class Transport(abc.ABC):
     # --- overlord side -------------------------------------------------------------
 
     @abc.abstractmethod
-    async def open_reply_queue(self, handler: Handler) -> str:
-        """Create this client's reply address; replies arrive at ``handler``."""
+    async def open_reply_queue(self, handler: Handler, *, on_reattached: Reattached | None = None) -> str:
+        """Create this client's reply address; replies arrive at ``handler``.
+
+        ``on_reattached`` is called when the address receives again after a reconnect,
+        if replies sent to it meanwhile may have been lost (AMQP 1.0); a transport
+        whose senders learn that the address is away (AMQP 0-9-1's mandatory flag, so
+        the minion retries) never calls it.
+        """
 
     @abc.abstractmethod
     async def send(self, target: str, envelope: Envelope, *, control: bool = False) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from func_amqp.errors import TransportError, Unroutable
 from func_amqp.protocol import names
 from func_amqp.protocol.envelope import Envelope
-from func_amqp.transport.base import Handler, Transport
+from func_amqp.transport.base import Handler, Reattached, Transport
 
 _hubs: dict[str, "MemoryHub"] = {}
 
@@ -148,7 +148,7 @@ class MemoryTransport(Transport):
             if _topic_match(pattern, key):
                 self._spawn(handler, _MemoryDelivery(copy.deepcopy(envelope), self._hub, None))
 
-    async def open_reply_queue(self, handler: Handler) -> str:
+    async def open_reply_queue(self, handler: Handler, *, on_reattached: Reattached | None = None) -> str:
         self._check()
         name = names.REPLY_QUEUE_PREFIX + uuid.uuid4().hex
         self._hub.replies[name] = (handler, self)

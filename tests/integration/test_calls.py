@@ -252,7 +252,7 @@ def test_progress_cancel_and_follow_over_the_broker(minions: MinionFactory, pref
     caller.start()
     time.sleep(1.0)
     followed = run_cli("func_amqp.cli.func", name, "follow", "--progress", "plain", "does-not-exist", env=func_env)
-    assert followed.returncode == 1 and "no running call" in followed.stdout
+    assert followed.returncode == 1 and "RemoteError.NO_SUCH_CALL" in followed.stdout
     out = run_cli("func_amqp.cli.func", name, "cancel", "cc1", env=func_env)
     assert out.stdout.strip() == f"[ ok ... ] {name}: cancelled", out.stderr
     caller.join(30)

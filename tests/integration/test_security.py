@@ -26,7 +26,8 @@ from func_amqp.errors import Code
 from func_amqp.overlord.client import Overlord
 from func_amqp.protocol import codec, names
 from func_amqp.protocol.envelope import Envelope
-from func_amqp.protocol.messages import ExceptionResponse, MethodRequest, MethodResponse
+from func_amqp.protocol.messages import ExceptionResponse, MethodRequest, MethodResponse, SubscribeRequest
+from func_amqp.overlord.caller import minion_call_id
 from func_amqp.overlord.session import Session
 from func_amqp.security.ca import CertificateAuthority
 from func_amqp.security.credentials import CA_HOST_TLS_CN, broker_tls, overlord_credentials
@@ -214,6 +215,25 @@ def test_acl_grants_and_denies(target: MinionProcess, secured_url: str, tmp_path
     assert "alice" in denied.text and "minion-acl.d" in denied.text
     assert not marker.exists()
     assert audit_outcomes(target)[-2:] == ["ok", "denied:ACCESS_DENIED"]
+
+
+def test_following_a_finished_call_needs_its_methods_grant(target: MinionProcess, secured_url: str, tmp_path: Path) -> None:
+    """A just-finished call's kept reply goes to a follower only as a running call's
+    would: to one the ACLs grant its method."""
+    assert Overlord(target.name, noglobs=True).run("command", "run", ["echo kept-secret"], call_id="kept1")[1] == "kept-secret\n"
+    alice = issue("alice", tmp_path)
+    grant(target, alice, "test.*")
+
+    async def follow() -> Any:
+        async with RawCaller(secured_url) as caller:
+            request = SubscribeRequest(minion_call_id("kept1", target.name), time.time() + 30)
+            env = codec.encode(request, correlation_id="f1", reply_to=caller.reply_to, target=target.name)
+            alice.sign(env)
+            return await caller.send(target.name, env)
+
+    denied = asyncio.run(follow())
+    assert refused_code(denied) == Code.ACCESS_DENIED and "kept-secret" not in denied.text
+    assert audit_outcomes(target)[-1] == "denied:ACCESS_DENIED"
 
 
 def _tamper_body(env: Envelope) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from unittest import mock
 
 import pytest
 
@@ -13,7 +15,7 @@ from func_amqp.protocol.envelope import Envelope
 from func_amqp.protocol.messages import AgentLocateRequest, MethodRequest
 from func_amqp.broker.node import amqp10_url
 from func_amqp.transport import transport_for_url
-from func_amqp.transport.amqp10 import APP_ID_PROPERTY, Amqp10Transport, proton_url, to_envelope, to_message
+from func_amqp.transport.amqp10 import APP_ID_PROPERTY, Amqp10Transport, _Reactor, proton_url, to_envelope, to_message
 
 proton = pytest.importorskip("proton")
 
@@ -84,3 +86,29 @@ def test_definitions_hold_every_shared_exchange_durably() -> None:
 def test_tls_without_a_certificate_is_refused_before_connecting() -> None:
     with pytest.raises(ConfigError, match="no certificate"):
         Amqp10Transport("amqp10s://broker.example.org:5671/")
+
+
+@pytest.mark.parametrize("ending", ["on_session_error", "on_transport_closed", "on_connection_remote_close", "on_disconnected"])
+def test_every_way_a_connection_ends_leads_to_a_reconnect(ending: str) -> None:
+    """RabbitMQ, stopping, may end the session before the connection, and Proton then
+    reports no disconnect: each ending of the current connection schedules a reconnect,
+    an ending of a connection already replaced does nothing."""
+    loop = asyncio.new_event_loop()
+    try:
+        reactor = _Reactor("amqp10://guest:guest@127.0.0.1:1/", loop, None)
+        reactor.ever_opened = True
+        current = mock.MagicMock(name="connection", state=0)
+        reactor.connection = current
+        stale = mock.Mock(connection=mock.MagicMock(name="old connection"))
+        getattr(reactor, ending)(stale)
+        assert not reactor._reconnect_pending and reactor.connection is current
+        event = mock.Mock(connection=current)
+        event.session.remote_condition = None
+        event.connection.remote_condition = None
+        event.transport.condition = None
+        with mock.patch.object(reactor.container, "schedule") as schedule:
+            getattr(reactor, ending)(event)
+        assert reactor._reconnect_pending and reactor.connection is None
+        schedule.assert_called_once()
+    finally:
+        loop.close()

@@ -406,7 +406,16 @@ async def test_follow_a_running_call(overlord: AsyncOverlord) -> None:
 
 async def test_follow_unknown_call_is_refused(overlord: AsyncOverlord) -> None:
     err = (await overlord.follow("nope"))["m1"]
-    assert "no running call" in err[2]
+    assert err[1].endswith("RemoteError.NO_SUCH_CALL") and "no call 'nope:m1' is running" in err[2]
+
+
+async def test_follow_a_call_that_just_finished_gets_its_result(overlord: AsyncOverlord) -> None:
+    """A caller whose reply was lost (its reply address away in a broker restart)
+    follows the call again and gets the kept reply."""
+    assert await overlord.call("test", "add", 2, 3, call_id="done1") == {"m1": 5}
+    assert await overlord.follow("done1") == {"m1": 5}
+    failed = (await overlord.call("test", "explode", call_id="done2"))["m1"]
+    assert (await overlord.follow("done2"))["m1"][:3] == failed[:3]
 
 
 async def test_an_agent_that_is_no_minion_stays_out_of_discovery(url: str, overlord: AsyncOverlord) -> None:

@@ -1,0 +1,82 @@
+"""Final replies of calls that finished a moment ago, kept for a caller that missed one.
+
+Over a transport that cannot tell the minion a reply found nobody (AMQP 1.0 through
+RabbitMQ: an exchange takes what no queue takes), a reply sent while the caller's reply
+address is away in a broker restart is lost. The caller, back on its feet, follows the
+call again (``_subscribe_request``); a call finished within ``KEEP_SECONDS`` answers with
+its kept reply (docs/protocol.md §12). Bounded in count and bytes, oldest out first.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from func_amqp.protocol.messages import Reply
+
+KEEP_SECONDS = 60.0
+"""How long a final reply stays; a reconnect (1 s apart) and a follow take seconds."""
+MAX_REPLIES = 1024
+MAX_BYTES = 16 * 1024 * 1024
+"""Encoded size of all kept replies; a reply larger than this is not kept."""
+
+
+@dataclass(frozen=True)
+class FinishedCall:
+    full_name: str
+    """``module.method``: a follower needs the ACL grant for it, as for a running call."""
+    reply: Reply
+    size: int
+    expires: float
+
+
+class RecentReplies:
+    """Call id -> the final reply of a call that finished within ``keep`` seconds."""
+
+    def __init__(
+        self,
+        keep: float = KEEP_SECONDS,
+        *,
+        max_replies: int = MAX_REPLIES,
+        max_bytes: int = MAX_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._keep = keep
+        self._max_replies = max_replies
+        self._max_bytes = max_bytes
+        self._clock = clock
+        self._calls: collections.OrderedDict[str, FinishedCall] = collections.OrderedDict()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def add(self, call_id: str, full_name: str, reply: Reply, size: int) -> None:
+        """Keep ``reply`` (``size`` bytes encoded) under ``call_id``, replacing an older one."""
+        now = self._clock()
+        self._forget(call_id)
+        self._expire(now)
+        if size > self._max_bytes or self._max_replies <= 0:
+            return
+        while self._calls and (len(self._calls) >= self._max_replies or self._bytes + size > self._max_bytes):
+            self._forget(next(iter(self._calls)))
+        self._calls[call_id] = FinishedCall(full_name, reply, size, now + self._keep)
+        self._bytes += size
+
+    def get(self, call_id: str) -> FinishedCall | None:
+        self._expire(self._clock())
+        return self._calls.get(call_id)
+
+    def _forget(self, call_id: str) -> None:
+        finished = self._calls.pop(call_id, None)
+        if finished is not None:
+            self._bytes -= finished.size
+
+    def _expire(self, now: float) -> None:
+        while self._calls:
+            call_id, oldest = next(iter(self._calls.items()))
+            if oldest.expires > now:
+                return
+            self._forget(call_id)
