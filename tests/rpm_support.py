@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import importlib
 import shutil
 import subprocess
 import tempfile
@@ -91,11 +92,21 @@ echo {name} > %{{buildroot}}%{{_datadir}}/{name}/{name}.txt
     return path
 
 
+def _createrepo_c() -> str | None:
+    """Where the minion's createrepo module finds the command (beside this Python, as
+    the PyPI wheel installs it into a venv, else on PATH)."""
+    module = importlib.import_module("func_amqp.modules.createrepo")
+    try:
+        return str(module.find_command("createrepo_c"))
+    except module.CreaterepoNotFound:
+        return None
+
+
 DNF = shutil.which("dnf")
 MISSING_PIPELINE_TOOLS = (
     None
-    if RPMBUILD and RPM and DNF and shutil.which("createrepo_c")
-    else "needs rpmbuild, rpm, dnf and createrepo_c (Debian: apt-get install -y rpm dnf)"
+    if RPMBUILD and RPM and DNF and _createrepo_c()
+    else "needs rpmbuild, rpm, dnf (Debian: apt-get install -y rpm dnf) and createrepo_c (pip install createrepo-c)"
 )
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from func_amqp import utils
 from func_amqp.overlord.client import Overlord
-from tests.conftest import MinionFactory
+from tests.conftest import BOTH_TRANSPORTS, MinionFactory
 from tests.rpm_support import HELLO_SPEC, MISSING_PIPELINE_TOOLS, build_srpm, dnf_available, serve_directory
 
 pytestmark = [
@@ -21,6 +21,7 @@ pytestmark = [
     pytest.mark.skipif(MISSING_PIPELINE_TOOLS is not None, reason=MISSING_PIPELINE_TOOLS or ""),
 ]
 
+TRANSPORTS = BOTH_TRANSPORTS
 CHROOT = "fedora-40-x86_64"
 
 

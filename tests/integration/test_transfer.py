@@ -23,9 +23,10 @@ from func_amqp.overlord.caller import AsyncOverlord
 from func_amqp.overlord.client import Overlord
 from func_amqp.overlord.local import MAX_FILE_BYTES, LocalModules, TransferError
 from func_amqp.overlord.local import copyfile, getfile
-from tests.conftest import MinionFactory, run_cli
+from tests.conftest import BOTH_TRANSPORTS, MinionFactory, run_cli
 
 pytestmark = pytest.mark.broker
+TRANSPORTS = BOTH_TRANSPORTS
 
 SIZE = 3 * 1024 * 1024 + 12345
 """Over three chunks, the last one partial."""
