@@ -29,6 +29,7 @@ from func_amqp.cli.display import MODES, make_display
 from func_amqp.cli.jobs import add_job_options, run_job_call
 from func_amqp.cli.transfer import add_transfer_commands
 from func_amqp.errors import ArgumentError, RemoteCallError
+from func_amqp.minion.recent import KEEP_SECONDS
 from func_amqp.overlord.arguments import convert_cli_args
 from func_amqp.overlord.caller import AsyncOverlord, CallEvent, EventCallback, new_call_id
 
@@ -197,7 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     lm = sub.add_parser("list_minions", help="print the minions the spec names")
     lm.set_defaults(handler=cmd_list_minions)
 
-    follow = sub.add_parser("follow", help="re-attach to a running call: its progress, then its results")
+    follow = sub.add_parser(
+        "follow",
+        help=f"re-attach to a running call: its progress, then its results (at once for a call that ended in the last {KEEP_SECONDS:g} s)",
+    )
     _add_watch_options(follow)
     follow.add_argument("-j", "--json", dest="output", action="store_const", const="json", default="pprint")
     follow.add_argument("call_id", metavar="CALL_ID")
