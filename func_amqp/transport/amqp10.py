@@ -142,6 +142,11 @@ def to_envelope(msg: "Message") -> Envelope:
     )
 
 
+_Sending = tuple[asyncio.Future[None], ...]
+"""A sent message's futures, resolved together by its outcome (with one loop wake-up):
+the outcome, and the sender's ``attached`` when the link was already there."""
+
+
 @dataclass
 class _Link:
     """What the reactor keeps for one of its links."""
@@ -151,8 +156,8 @@ class _Link:
     handler: Handler | None = None
     settle: bool = False
     """Received deliveries wait for ack/reject (requests); else they come settled."""
-    waiting: collections.deque[tuple[Message, asyncio.Future[None]]] = field(default_factory=collections.deque)
-    sent: dict[bytes, asyncio.Future[None]] = field(default_factory=dict)
+    waiting: collections.deque[tuple[Message, _Sending]] = field(default_factory=collections.deque)
+    sent: dict[bytes, _Sending] = field(default_factory=dict)
     unsettled: dict[int, Any] = field(default_factory=dict)
     source: str | None = None
     """A receiver's source, to attach it again on a new connection (senders are made
@@ -321,12 +326,12 @@ class _Reactor(MessagingHandler):  # type: ignore[misc]
 
     def _fail_pending(self, why: str) -> None:
         for state in self.links.values():
-            futures = [future for _, future in state.waiting] + list(state.sent.values())
+            sendings = [sending for _, sending in state.waiting] + list(state.sent.values())
             state.waiting.clear()
             state.sent.clear()
             state.unsettled.clear()
-            for future in futures:
-                self.to_loop(_resolve, future, TransportError(why))
+            for sending in sendings:
+                self.to_loop(_resolve_all, sending, TransportError(why))
 
     # --- reactor thread: links ------------------------------------------------------
 
@@ -342,13 +347,13 @@ class _Reactor(MessagingHandler):  # type: ignore[misc]
         self.links[name] = state
         return name
 
-    def sender(self, address: str, attached: asyncio.Future[None]) -> _Link:
-        """The sender link for ``address``: one per target, kept while it is used."""
+    def sender(self, address: str, attached: asyncio.Future[None]) -> tuple[_Link, bool]:
+        """The sender link for ``address`` (one per target, kept while it is used), and
+        whether it was there already."""
         name = self.senders.get(address)
         if name is not None and name in self.links:
             self.senders.move_to_end(address)
-            self.to_loop(_chain, self.links[name].attached, attached)
-            return self.links[name]
+            return self.links[name], True
         name = f"{address}#{uuid.uuid4().hex[:8]}"
         state = _Link(self.container.create_sender(self.connection, address, name=name), attached)
         self.links[name] = state
@@ -356,21 +361,22 @@ class _Reactor(MessagingHandler):  # type: ignore[misc]
         if len(self.senders) > MAX_SENDER_LINKS:
             _, oldest = self.senders.popitem(last=False)
             self.close_link(oldest)
-        return state
+        return state, False
 
     def send(self, address: str, message: Message, attached: asyncio.Future[None], outcome: asyncio.Future[None]) -> None:
         if self.connection is None:  # lost since the caller looked
             self.to_loop(_resolve, attached, TransportError("not connected to the broker (reconnecting)"))
             return
-        state = self.sender(address, attached)
-        state.waiting.append((message, outcome))
+        state, existing = self.sender(address, attached)
+        # on a link already there, an outcome means attached: both go to the loop at once
+        state.waiting.append((message, (outcome, attached) if existing else (outcome,)))
         self._pump(state)
 
     def _pump(self, state: _Link) -> None:
         while state.waiting and state.link.credit > 0:
-            message, outcome = state.waiting.popleft()
+            message, sending = state.waiting.popleft()
             delivery = state.link.send(message)
-            state.sent[delivery.tag] = outcome
+            state.sent[delivery.tag] = sending
 
     def close_link(self, name: str) -> None:
         state = self.links.pop(name, None)
@@ -418,9 +424,9 @@ class _Reactor(MessagingHandler):  # type: ignore[misc]
 
     def _outcome(self, event: Any, error: BaseException | None) -> None:
         state = self.links.get(event.link.name)
-        future = state.sent.pop(event.delivery.tag, None) if state is not None else None
-        if future is not None:
-            self.to_loop(_resolve, future, error)
+        sending = state.sent.pop(event.delivery.tag, None) if state is not None else None
+        if sending is not None:
+            self.to_loop(_resolve_all, sending, error)
 
     def on_link_opened(self, event: Any) -> None:
         state = self.links.get(event.link.name)
@@ -444,9 +450,9 @@ class _Reactor(MessagingHandler):  # type: ignore[misc]
         for address, sender in list(self.senders.items()):
             if sender == name:
                 del self.senders[address]
-        futures = [state.attached, *(future for _, future in state.waiting), *state.sent.values()]
-        for future in futures:
-            self.to_loop(_resolve, future, TransportError(text))
+        self.to_loop(_resolve, state.attached, TransportError(text))
+        for sending in [*(sending for _, sending in state.waiting), *state.sent.values()]:
+            self.to_loop(_resolve_all, sending, TransportError(text))
 
 
 _LIVE_REACTORS: weakref.WeakSet[_Reactor] = weakref.WeakSet()
@@ -477,12 +483,9 @@ def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
         future.set_exception(error)
 
 
-def _chain(source: asyncio.Future[None], target: asyncio.Future[None]) -> None:
-    """Resolve ``target`` as ``source`` is (or when it is)."""
-    def copy(done: asyncio.Future[None]) -> None:
-        _resolve(target, None if done.cancelled() else done.exception())
-
-    source.add_done_callback(copy)
+def _resolve_all(futures: _Sending, error: BaseException | None) -> None:
+    for future in futures:
+        _resolve(future, error)
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:
