@@ -79,6 +79,13 @@ class MemoryTransport(Transport):
         self._hub = hub(url)
         self._connected = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._reattached: list[Reattached] = []
+
+    def reattach(self) -> None:
+        """What a reconnect does over a transport that may lose replies meanwhile
+        (AMQP 1.0): tell each of this client's reply addresses that it receives again."""
+        for callback in list(self._reattached):
+            callback()
 
     async def connect(self) -> None:
         self._connected = True
@@ -152,6 +159,8 @@ class MemoryTransport(Transport):
         self._check()
         name = names.REPLY_QUEUE_PREFIX + uuid.uuid4().hex
         self._hub.replies[name] = (handler, self)
+        if on_reattached is not None:
+            self._reattached.append(on_reattached)
         return name
 
     async def send(self, target: str, envelope: Envelope, *, control: bool = False) -> None:

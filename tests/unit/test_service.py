@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import AsyncIterator
 
 import pytest
@@ -416,6 +417,57 @@ async def test_follow_a_call_that_just_finished_gets_its_result(overlord: AsyncO
     assert await overlord.follow("done1") == {"m1": 5}
     failed = (await overlord.call("test", "explode", call_id="done2"))["m1"]
     assert (await overlord.follow("done2"))["m1"][:3] == failed[:3]
+
+
+async def test_a_reply_lost_while_the_reply_address_was_away_is_asked_for_again(
+    minion: MinionService, overlord: AsyncOverlord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over AMQP 1.0 a reply sent before the caller's reply link is back is lost; once
+    it is back, the caller follows its pending calls and gets the kept reply."""
+    lost: list[str | None] = []
+    deliver = minion.transport.reply
+
+    async def lossy(reply_to: str, env: Envelope) -> None:
+        if not lost:  # the broker took it, and no queue was there to take it
+            lost.append(env.correlation_id)
+            return
+        await deliver(reply_to, env)
+
+    monkeypatch.setattr(minion.transport, "reply", lossy)
+    call = asyncio.ensure_future(overlord.call("test", "add", 2, 3))
+    while not lost:
+        await asyncio.sleep(0.01)
+    assert not call.done()
+    transport = overlord.rpc.transport
+    assert isinstance(transport, MemoryTransport)
+    transport.reattach()
+    assert await asyncio.wait_for(call, 5) == {"m1": 5}
+
+
+async def test_a_request_lost_before_the_minion_took_it_times_out_as_usual(
+    minion: MinionService, url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The minion knows no such call: asking again changes nothing, the call times out."""
+    transport = MemoryTransport(url)
+    await transport.connect()
+    send = transport.send
+    lost: list[str | None] = []
+
+    async def lossy(target: str, env: Envelope, *, control: bool = False) -> None:
+        if not control and not lost:
+            lost.append(env.correlation_id)
+            return
+        await send(target, env, control=control)
+
+    monkeypatch.setattr(transport, "send", lossy)
+    async with AsyncOverlord("m1", transport=transport, config=OverlordConfig(call_timeout=1), config_dir=tmp_path) as ol:
+        call = asyncio.ensure_future(ol.call("test", "add", 2, 3))
+        while not lost:
+            await asyncio.sleep(0.01)
+        transport.reattach()
+        result = (await asyncio.wait_for(call, 5))["m1"]
+    await transport.close()
+    assert result[:2] == ["REMOTE_ERROR", "func_amqp.errors.MinionTimeout"]
 
 
 async def test_an_agent_that_is_no_minion_stays_out_of_discovery(url: str, overlord: AsyncOverlord) -> None:
