@@ -33,9 +33,11 @@ SendReply = Callable[[str, str, Reply], Awaitable[None]]
 class InFlightCall:
     """One accepted call between its start and its final reply."""
 
-    def __init__(self, call_id: str, full_name: str, send_indication: SendReply) -> None:
+    def __init__(self, call_id: str, full_name: str, send_indication: SendReply, *, request_id: str | None = None) -> None:
         self.call_id = call_id
         self.full_name = full_name
+        self.request_id = request_id
+        """The ``message_id`` of the request that started the call."""
         self.followers: list[tuple[str, str]] = []
         self.last_progress: ProgressIndication | None = None
         self.finished = False

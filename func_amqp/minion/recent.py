@@ -4,7 +4,8 @@ Over a transport that cannot tell the minion a reply found nobody (AMQP 1.0 thro
 RabbitMQ: an exchange takes what no queue takes), a reply sent while the caller's reply
 address is away in a broker restart is lost. The caller, back on its feet, follows the
 call again (``_subscribe_request``); a call finished within ``KEEP_SECONDS`` answers with
-its kept reply (docs/protocol.md §12). Bounded in count and bytes, oldest out first.
+its kept reply (docs/protocol.md §12). Kept as sent (encoded bytes, which is what the
+byte bound counts), bounded in count and bytes, oldest out first.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from func_amqp.protocol.messages import Reply
+from func_amqp.protocol.envelope import Envelope
 
 KEEP_SECONDS = 60.0
 """How long a final reply stays; a reconnect (1 s apart) and a follow take seconds."""
@@ -27,9 +28,15 @@ MAX_BYTES = 16 * 1024 * 1024
 class FinishedCall:
     full_name: str
     """``module.method``: a follower needs the ACL grant for it, as for a running call."""
-    reply: Reply
-    size: int
+    request_id: str | None
+    """The ``message_id`` of the request that started the call."""
+    reply: Envelope
+    """The final reply as sent to the call's first follower."""
     expires: float
+
+    @property
+    def size(self) -> int:
+        return len(self.reply.body)
 
 
 class RecentReplies:
@@ -53,30 +60,33 @@ class RecentReplies:
     def __len__(self) -> int:
         return len(self._calls)
 
-    def add(self, call_id: str, full_name: str, reply: Reply, size: int) -> None:
-        """Keep ``reply`` (``size`` bytes encoded) under ``call_id``, replacing an older one."""
+    def add(self, call_id: str, full_name: str, request_id: str | None, reply: Envelope) -> None:
+        """Keep ``reply`` under ``call_id``, replacing an older one."""
         now = self._clock()
         self._forget(call_id)
-        self._expire(now)
-        if size > self._max_bytes or self._max_replies <= 0:
+        self.prune(now)
+        finished = FinishedCall(full_name, request_id, reply, now + self._keep)
+        if finished.size > self._max_bytes or self._max_replies <= 0:
             return
-        while self._calls and (len(self._calls) >= self._max_replies or self._bytes + size > self._max_bytes):
+        while self._calls and (len(self._calls) >= self._max_replies or self._bytes + finished.size > self._max_bytes):
             self._forget(next(iter(self._calls)))
-        self._calls[call_id] = FinishedCall(full_name, reply, size, now + self._keep)
-        self._bytes += size
+        self._calls[call_id] = finished
+        self._bytes += finished.size
 
     def get(self, call_id: str) -> FinishedCall | None:
-        self._expire(self._clock())
+        self.prune()
         return self._calls.get(call_id)
 
-    def _forget(self, call_id: str) -> None:
-        finished = self._calls.pop(call_id, None)
-        if finished is not None:
-            self._bytes -= finished.size
-
-    def _expire(self, now: float) -> None:
+    def prune(self, now: float | None = None) -> None:
+        """Forget what has been kept long enough (also called now and then when idle)."""
+        now = self._clock() if now is None else now
         while self._calls:
             call_id, oldest = next(iter(self._calls.items()))
             if oldest.expires > now:
                 return
             self._forget(call_id)
+
+    def _forget(self, call_id: str) -> None:
+        finished = self._calls.pop(call_id, None)
+        if finished is not None:
+            self._bytes -= finished.size

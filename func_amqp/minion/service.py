@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import time
 import traceback
@@ -40,7 +41,7 @@ from func_amqp.minion import audit, progress
 from func_amqp.minion.audit import AuditLog
 from func_amqp.minion.calls import InFlightCall
 from func_amqp.minion.progress import CallContext
-from func_amqp.minion.recent import KEEP_SECONDS, RecentReplies
+from func_amqp.minion.recent import KEEP_SECONDS, FinishedCall, RecentReplies
 from func_amqp.minion.security import UNAUTHENTICATED, Caller, Gate, OpenAccess
 from func_amqp.minion.server import AmqpInterface
 from func_amqp.protocol import codec, names
@@ -279,6 +280,7 @@ class MinionService:
     async def _heartbeat_loop(self) -> None:
         while True:
             await self._announce()
+            self._recent.prune()  # kept replies go when due, not only at the next call
             await asyncio.sleep(self.settings.heartbeat_interval)
 
     # --- receiving ------------------------------------------------------------------
@@ -319,7 +321,9 @@ class MinionService:
         if self._stopping and isinstance(request, MethodRequest):
             await self._refuse(delivery, Code.SHUTTING_DOWN, "the minion is stopping; call again later", caller=caller, action=action, args=args)
             return
-        guarded = self._guarded_method(request)
+        # what a follow follows is decided once, before any await: the ACL check is on it
+        followed = self._followed(request) if isinstance(request, SubscribeRequest) else None
+        guarded = self._guarded_method(request, followed)
         if guarded is not None:
             try:
                 self.gate.authorize(caller, guarded)
@@ -335,7 +339,7 @@ class MinionService:
         await delivery.ack()
         self.audit.record(caller.key, action, [], env.correlation_id or "-", audit.OK)
         if isinstance(request, SubscribeRequest):
-            await self._subscribe(env, request)
+            await self._subscribe(env, request, followed)
             return
         if isinstance(request, AgentLocateRequest):
             if request.name != self.settings.name and (request.name or not self.settings.discoverable):
@@ -348,8 +352,9 @@ class MinionService:
             answer = await asyncio.to_thread(self._answer, request)
         await self._send_reply(env.reply_to, env.correlation_id, answer, deadline)
 
-    def _guarded_method(self, request: Request) -> str | None:
-        """The method the ACLs must grant for ``request`` (None: any signed caller)."""
+    def _guarded_method(self, request: Request, followed: InFlightCall | FinishedCall | None) -> str | None:
+        """The method the ACLs must grant for ``request`` (None: any signed caller);
+        for a follow, that of the call it follows."""
         match request:
             case MethodRequest():
                 return request.full_name
@@ -358,9 +363,7 @@ class MinionService:
             case QueryRequest():
                 return f"{request.module}.get_method_args"
             case SubscribeRequest():
-                call = self._calls.get(request.call_id)
-                finished = self._recent.get(request.call_id) if call is None else None
-                return call.full_name if call is not None else finished.full_name if finished is not None else None
+                return followed.full_name if followed is not None else None
             case CancelRequest():
                 call = self._calls.get(request.call_id)
                 return call.full_name if call is not None else None
@@ -423,7 +426,7 @@ class MinionService:
             await self._refuse(delivery, *refusal, caller=caller, action=request.full_name, args=request.args)
             return
         call_id = env.correlation_id or env.message_id or uuid.uuid4().hex
-        call = InFlightCall(call_id, request.full_name, self.send_indication)
+        call = InFlightCall(call_id, request.full_name, self.send_indication, request_id=env.message_id)
         if env.reply_to:
             call.follow(env.reply_to, call_id)
         self._calls[call_id] = call  # before any await: a duplicate id is refused above
@@ -474,7 +477,7 @@ class MinionService:
         # encoded and kept before anything awaits: a follow from now on finds it kept
         envelopes = [(reply_to, self._encode_reply(reply, cid)) for reply_to, cid in call.followers]
         if envelopes:  # without followers (a job) the outcome goes to the job's owner
-            self._recent.add(call.call_id, call.full_name, reply, len(envelopes[0][1].body))
+            self._recent.add(call.call_id, call.full_name, call.request_id, envelopes[0][1])
         await call.close()
         if len(envelopes) == 1:  # the usual case: just the caller
             await self._deliver(*envelopes[0], deadline)
@@ -496,22 +499,36 @@ class MinionService:
 
     # --- following and cancelling ----------------------------------------------------
 
-    async def _subscribe(self, env: Envelope, request: SubscribeRequest) -> None:
-        call = self._calls.get(request.call_id)
+    def _followed(self, request: SubscribeRequest) -> InFlightCall | FinishedCall | None:
+        """The running or just-finished call a follow names (of its request, if it says)."""
+        found: InFlightCall | FinishedCall | None = self._calls.get(request.call_id) or self._recent.get(request.call_id)
+        if found is None or request.request_id not in (None, found.request_id):
+            return None
+        return found
+
+    async def _subscribe(self, env: Envelope, request: SubscribeRequest, followed: InFlightCall | FinishedCall | None) -> None:
         if not env.reply_to or not env.correlation_id:
             return
-        if call is not None:
-            call.follow(env.reply_to, env.correlation_id)
+        if isinstance(followed, InFlightCall):
+            if self._calls.get(request.call_id) is followed:
+                followed.follow(env.reply_to, env.correlation_id)
+                return
+            finished = self._recent.get(request.call_id)  # it ended while the follow was acked
+            followed = finished if finished is not None and finished.request_id == followed.request_id else None
+        if followed is not None:
+            await self._deliver(env.reply_to, self._readdressed(followed.reply, env.correlation_id), request.deadline)
             return
-        finished = self._recent.get(request.call_id)
-        if finished is not None:
-            reply = finished.reply
-        else:
-            reply = code_reply(
-                Code.NO_SUCH_CALL,
-                f"no call {request.call_id!r} is running on this minion or finished in the last {KEEP_SECONDS:g} s",
-            )
+        reply = code_reply(
+            Code.NO_SUCH_CALL,
+            f"no call {request.call_id!r} is running on this minion or finished in the last {KEEP_SECONDS:g} s",
+        )
         await self._send_reply(env.reply_to, env.correlation_id, reply, request.deadline)
+
+    def _readdressed(self, reply: Envelope, correlation_id: str) -> Envelope:
+        """A kept reply for another follower: under its correlation id, signed anew."""
+        copy = dataclasses.replace(reply, message_id=uuid.uuid4().hex, correlation_id=correlation_id, headers=dict(reply.headers))
+        self.gate.sign(copy)
+        return copy
 
     def _cancel(self, request: CancelRequest, caller: Caller) -> Reply:
         call = self._calls.get(request.call_id)

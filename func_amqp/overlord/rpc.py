@@ -61,9 +61,31 @@ within this many seconds has its minion's presence probed..."""
 PRESENCE_PROBE_TIMEOUT = 2.0
 """...and fails as 'not connected' when the probe gets no answer within this many."""
 LOCATE_GRACE = 0.05
-RECOVER_RETRY_INTERVAL = 1.0
-"""Seconds between asks for a call's reply after a reconnect, while the minion is not back."""
 """Seconds to keep listening after every expected minion answered a locate."""
+RECOVER_RETRY_INTERVAL = 1.0
+"""Seconds to wait before asking again for a call's reply after a reconnect, when the
+minion did not answer (it is not back yet)."""
+FOLLOW_REFUSALS = frozenset(
+    {
+        Code.NO_SUCH_CALL,
+        Code.BAD_REQUEST,
+        Code.UNKNOWN_OPCODE,
+        Code.MESSAGE_TOO_LARGE,
+        Code.ACCESS_DENIED,
+        Code.EXPIRED,
+        Code.UNSUPPORTED_VERSION,
+        Code.SHUTTING_DOWN,
+        Code.INTERNAL_ERROR,
+        Code.UNSIGNED,
+        Code.BAD_SIGNATURE,
+        Code.UNTRUSTED_CERTIFICATE,
+        Code.REVOKED_CERTIFICATE,
+        Code.REPLAYED,
+    }
+)
+"""Codes a minion answers a follow request itself with: no outcome of the call followed
+(which may still come by its own reply). A finished call's kept reply never carries
+them, since a call that was refused or failed to start is not kept."""
 
 
 class RpcClient:
@@ -88,9 +110,9 @@ class RpcClient:
         self._collectors: dict[str, asyncio.Queue[Reply]] = {}
         self._listeners: dict[str, IndicationListener] = {}
         self._reply_to: str | None = None
-        self._calls: dict[str, float] = {}
-        """Pending method calls (correlation id -> deadline): the ones a minion can be
-        asked again for their reply."""
+        self._calls: dict[str, tuple[float, str | None]] = {}
+        """Pending method calls (correlation id -> deadline, the request's message id):
+        the ones a minion can be asked again for their reply."""
         self._recoveries: dict[str, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
@@ -104,28 +126,37 @@ class RpcClient:
         """The reply address receives again after a reconnect, and replies sent while it
         was away are lost (AMQP 1.0): ask each pending call's minion for it again."""
         loop = asyncio.get_running_loop()
-        for cid, deadline in self._calls.items():
+        for cid, (deadline, request_id) in self._calls.items():
             target = self._targets.get(cid)
-            running = self._recoveries.get(cid)
-            if target is not None and (running is None or running.done()):
-                self._recoveries[cid] = loop.create_task(self._recover(target, cid, deadline))
+            if target is None:
+                continue
+            earlier = self._recoveries.get(cid)
+            if earlier is not None:  # its follow's answer may be lost in this outage too
+                earlier.cancel()
+            self._recoveries[cid] = loop.create_task(self._recover(target, cid, deadline, request_id))
 
-    async def _recover(self, target: str, cid: str, deadline: float) -> None:
-        """Follow call ``cid`` on ``target`` (protocol.md §12): a running call's final
-        reply comes to the follower too, a just finished one's at once."""
+    async def _recover(self, target: str, cid: str, deadline: float, request_id: str | None) -> None:
+        """Follow call ``cid`` on ``target`` (protocol.md §12), the one ``request_id``
+        started: a running call's final reply comes to the follower too, a just
+        finished one's at once."""
         while (future := self._pending.get(cid)) is not None and not future.done():
             remaining = deadline - time.time()
             if remaining <= 0:
                 return
             try:
-                reply = await self.request(target, SubscribeRequest(cid, deadline), remaining)
+                reply = await self.request(target, SubscribeRequest(cid, deadline, request_id), remaining)
             except (MinionUnreachable, CallFailed):  # the minion is not back yet
                 await asyncio.sleep(RECOVER_RETRY_INTERVAL)
                 continue
             except MinionTimeout:
                 return
-            if isinstance(reply, ExceptionResponse) and reply.code == Code.NO_SUCH_CALL:
-                return  # it never got there (lost in the restart), or its own reply comes
+            if isinstance(reply, ExceptionResponse) and reply.code in FOLLOW_REFUSALS:
+                _log.warning(
+                    "after a reconnect, minion %s could not give call %s's reply again (%s); "
+                    "waiting for its own reply until the deadline",
+                    target, cid, reply.text or Code(reply.code).name,
+                )
+                return
             if not future.done():
                 future.set_result(reply)
             return
@@ -228,10 +259,10 @@ class RpcClient:
         if on_indication is not None:
             self._listeners[cid] = on_indication
         self._targets[cid] = target
-        if isinstance(message, MethodRequest):
-            self._calls[cid] = message.deadline
         try:
             env = self._envelope(message, cid, target)
+            if isinstance(message, MethodRequest):
+                self._calls[cid] = (message.deadline, env.message_id)
             deadline = getattr(message, "deadline", 0) or time.time() + timeout
             try:
                 async with asyncio.timeout(timeout):

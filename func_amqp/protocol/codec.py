@@ -180,7 +180,10 @@ def _body(message: Message) -> tuple[Opcode, Any]:
         case JobEvent():
             return Opcode.DATA_INDICATION, {"_values": job_event_values(message)}
         case SubscribeRequest():
-            return Opcode.SUBSCRIBE_REQUEST, {"_call_id": message.call_id}
+            body = {"_call_id": message.call_id}
+            if message.request_id is not None:
+                body["_request_id"] = message.request_id
+            return Opcode.SUBSCRIBE_REQUEST, body
         case CancelRequest():
             return Opcode.CANCEL_REQUEST, {"_call_id": message.call_id}
     raise TypeError(f"not a protocol message: {message!r}")
@@ -455,6 +458,15 @@ def _call_id(body: Any) -> str:
     return value
 
 
+def _request_id(body: Any) -> str | None:
+    value = _map(body, "the body").get("_request_id")
+    _require(
+        value is None or (isinstance(value, str) and 0 < len(value) <= MAX_CALL_ID_LENGTH and value.isprintable()),
+        f"_request_id must be a non-empty printable string of at most {MAX_CALL_ID_LENGTH} characters",
+    )
+    return value
+
+
 def _decode_query_response(body: Any, env: Envelope) -> QueryResponse:
     _require(isinstance(body, list), "a query response body must be a list")
     return QueryResponse(body)
@@ -480,7 +492,7 @@ _DECODERS: dict[Opcode, Callable[[Any, Envelope], Message]] = {
     Opcode.AGENT_LOCATE_RESPONSE: lambda body, env: AgentLocateResponse(_decode_agent(body, env)),
     Opcode.AGENT_HEARTBEAT: lambda body, env: AgentHeartbeat(_decode_agent(body, env)),
     Opcode.DATA_INDICATION: _decode_data_indication,
-    Opcode.SUBSCRIBE_REQUEST: lambda body, env: SubscribeRequest(_call_id(body), env.deadline or 0.0),
+    Opcode.SUBSCRIBE_REQUEST: lambda body, env: SubscribeRequest(_call_id(body), env.deadline or 0.0, _request_id(body)),
     Opcode.CANCEL_REQUEST: lambda body, env: CancelRequest(_call_id(body), env.deadline or 0.0),
 }
 

@@ -136,6 +136,9 @@ class SubscribeRequest:
 
     call_id: str
     deadline: float = 0.0
+    request_id: str | None = None
+    """The ``message_id`` of the request that started the call, when the sender made it:
+    the call of that id is followed only if it is that request's (call ids may be reused)."""
 
 
 @dataclass(frozen=True)

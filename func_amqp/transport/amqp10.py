@@ -365,12 +365,19 @@ class _Reactor(MessagingHandler):  # type: ignore[misc]
 
     def send(self, address: str, message: Message, attached: asyncio.Future[None], outcome: asyncio.Future[None]) -> None:
         if self.connection is None:  # lost since the caller looked
-            self.to_loop(_resolve, attached, TransportError("not connected to the broker (reconnecting)"))
+            self.to_loop(_resolve_all, (attached, outcome), TransportError("not connected to the broker (reconnecting)"))
             return
         state, existing = self.sender(address, attached)
         # on a link already there, an outcome means attached: both go to the loop at once
         state.waiting.append((message, (outcome, attached) if existing else (outcome,)))
         self._pump(state)
+
+    def withdraw(self, address: str, outcome: asyncio.Future[None]) -> None:
+        """Take back a message still waiting for credit: its sender gave up on it."""
+        name = self.senders.get(address)
+        state = self.links.get(name) if name is not None else None
+        if state is not None:
+            state.waiting = collections.deque(item for item in state.waiting if outcome not in item[1])
 
     def _pump(self, state: _Link) -> None:
         while state.waiting and state.link.credit > 0:
@@ -570,6 +577,9 @@ class Amqp10Transport(Transport):
         self._connect_timeout = connect_timeout
         self._reactor: _Reactor | None = None
         self._serving: list[str] = []
+        self._reachable: set[str] = set()
+        """Target addresses a sender link has attached to: a send to one waits for its
+        outcome alone (for a link the reactor has to make again, that covers the attach)."""
 
     def jobs_unavailable(self) -> TransportError:
         return TransportError(
@@ -665,11 +675,26 @@ class Amqp10Transport(Transport):
         message = to_message(env)
         outcome.add_done_callback(_retrieved)
         reactor.submit(lambda: reactor.send(address, message, attached, outcome))
-        await self._attached(attached, what)
+
+        def withdraw() -> None:  # a message given up on is not sent later behind its sender's back
+            reactor.withdraw(address, outcome)
+
+        if address in self._reachable:
+            attached.add_done_callback(_retrieved)
+        else:
+            try:
+                await self._attached(attached, what)
+            except TransportError:
+                reactor.submit(withdraw)
+                raise
+            if len(self._reachable) >= 4 * MAX_SENDER_LINKS:
+                self._reachable.clear()
+            self._reachable.add(address)
         try:
             async with asyncio.timeout(SETTLE_TIMEOUT):
                 await asyncio.shield(outcome)
         except asyncio.TimeoutError:
+            reactor.submit(withdraw)
             raise TransportError(f"{what}: the broker did not settle the message within {SETTLE_TIMEOUT:g} s") from None
         except TransportError as exc:
             raise TransportError(f"{what}: {exc}") from None

@@ -994,3 +994,16 @@ def test_bad_data_indications(values: dict, match: str) -> None:
 @pytest.mark.parametrize("body", [{}, {"_call_id": ""}, {"_call_id": 5}, {"_call_id": "x\n"}, []])
 def test_call_id_is_required(opcode: Opcode, body: Any) -> None:
     refused(raw(body, opcode))
+
+
+def test_a_follow_may_name_the_request_it_follows() -> None:
+    named = SubscribeRequest("c1:m1", 1_900_000_000.0, "a" * 32)
+    assert codec.decode(codec.encode(named, correlation_id="f", reply_to="r"), 1 << 20) == named
+    bare = SubscribeRequest("c1:m1", named.deadline)
+    env = codec.encode(bare, correlation_id="f", reply_to="r")
+    assert "_request_id" not in json.loads(env.body) and codec.decode(env, 1 << 20) == bare
+
+
+@pytest.mark.parametrize("value", ["", 5, "x\n", "y" * 1000, ["a"]])
+def test_a_bad_request_id_in_a_follow_is_refused(value: Any) -> None:
+    refused(raw({"_call_id": "c1:m1", "_request_id": value}, Opcode.SUBSCRIBE_REQUEST), match="_request_id")

@@ -22,7 +22,7 @@ from func_amqp.minion.service import MinionService, ServiceSettings
 from func_amqp.overlord.caller import AsyncOverlord, CallEvent
 from func_amqp.protocol import codec, names
 from func_amqp.protocol.envelope import Envelope
-from func_amqp.protocol.messages import ExceptionResponse, MethodRequest, MethodResponse
+from func_amqp.protocol.messages import ExceptionResponse, MethodRequest, MethodResponse, SubscribeRequest
 from func_amqp.transport.base import Delivery
 from func_amqp.transport.memory import MemoryTransport, hub
 
@@ -417,6 +417,16 @@ async def test_follow_a_call_that_just_finished_gets_its_result(overlord: AsyncO
     assert await overlord.follow("done1") == {"m1": 5}
     failed = (await overlord.call("test", "explode", call_id="done2"))["m1"]
     assert (await overlord.follow("done2"))["m1"][:3] == failed[:3]
+
+
+async def test_a_follow_naming_another_request_finds_no_call(overlord: AsyncOverlord) -> None:
+    """Call ids may be reused: a follow that names the request it means gets nothing
+    from a call of that id that another request started."""
+    assert await overlord.call("test", "add", 2, 3, call_id="reused") == {"m1": 5}
+    follow = SubscribeRequest("reused:m1", time.time() + 5, "some-other-request")
+    refused = await overlord.rpc.request("m1", follow, 5)
+    assert isinstance(refused, ExceptionResponse) and refused.code == Code.NO_SUCH_CALL
+    assert await overlord.follow("reused") == {"m1": 5}  # without a request id: the kept reply
 
 
 async def test_a_reply_lost_while_the_reply_address_was_away_is_asked_for_again(
