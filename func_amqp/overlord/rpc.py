@@ -110,9 +110,9 @@ class RpcClient:
         self._collectors: dict[str, asyncio.Queue[Reply]] = {}
         self._listeners: dict[str, IndicationListener] = {}
         self._reply_to: str | None = None
-        self._calls: dict[str, tuple[float, str | None]] = {}
-        """Pending method calls (correlation id -> deadline, the request's message id):
-        the ones a minion can be asked again for their reply."""
+        self._calls: dict[str, tuple[str, float, str | None]] = {}
+        """Pending calls and follows whose reply a minion can be asked for again:
+        correlation id -> the call's id on the minion, deadline, its request's message id."""
         self._recoveries: dict[str, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
@@ -126,25 +126,25 @@ class RpcClient:
         """The reply address receives again after a reconnect, and replies sent while it
         was away are lost (AMQP 1.0): ask each pending call's minion for it again."""
         loop = asyncio.get_running_loop()
-        for cid, (deadline, request_id) in self._calls.items():
+        for cid, (call_id, deadline, request_id) in self._calls.items():
             target = self._targets.get(cid)
             if target is None:
                 continue
             earlier = self._recoveries.get(cid)
             if earlier is not None:  # its follow's answer may be lost in this outage too
                 earlier.cancel()
-            self._recoveries[cid] = loop.create_task(self._recover(target, cid, deadline, request_id))
+            self._recoveries[cid] = loop.create_task(self._recover(target, cid, call_id, deadline, request_id))
 
-    async def _recover(self, target: str, cid: str, deadline: float, request_id: str | None) -> None:
-        """Follow call ``cid`` on ``target`` (protocol.md §12), the one ``request_id``
-        started: a running call's final reply comes to the follower too, a just
-        finished one's at once."""
+    async def _recover(self, target: str, cid: str, call_id: str, deadline: float, request_id: str | None) -> None:
+        """Follow ``call_id`` on ``target`` (protocol.md §12), the call ``request_id``
+        started, for the request waiting under ``cid``: a running call's final reply
+        comes to the follower too, a just finished one's at once."""
         while (future := self._pending.get(cid)) is not None and not future.done():
             remaining = deadline - time.time()
             if remaining <= 0:
                 return
             try:
-                reply = await self.request(target, SubscribeRequest(cid, deadline, request_id), remaining)
+                reply = await self.request(target, SubscribeRequest(call_id, deadline, request_id), remaining, recover=False)
             except (MinionUnreachable, CallFailed):  # the minion is not back yet
                 await asyncio.sleep(RECOVER_RETRY_INTERVAL)
                 continue
@@ -246,10 +246,13 @@ class RpcClient:
         *,
         correlation_id: str | None = None,
         on_indication: IndicationListener | None = None,
+        recover: bool = True,
     ) -> Reply:
         """Send ``message`` to ``target`` and wait for its reply until ``timeout``.
 
         Indications tied to the request (progress, log lines) go to ``on_indication``.
+        With ``recover``, the reply of a call or a follow is asked for again after a
+        reconnect that may have lost it (AMQP 1.0).
         """
         if self._reply_to is None:
             raise RuntimeError("RpcClient.start() was not called")
@@ -261,8 +264,10 @@ class RpcClient:
         self._targets[cid] = target
         try:
             env = self._envelope(message, cid, target)
-            if isinstance(message, MethodRequest):
-                self._calls[cid] = (message.deadline, env.message_id)
+            if recover and isinstance(message, MethodRequest):
+                self._calls[cid] = (cid, message.deadline, env.message_id)
+            elif recover and isinstance(message, SubscribeRequest):
+                self._calls[cid] = (message.call_id, message.deadline or time.time() + timeout, message.request_id)
             deadline = getattr(message, "deadline", 0) or time.time() + timeout
             try:
                 async with asyncio.timeout(timeout):

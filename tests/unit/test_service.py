@@ -22,7 +22,7 @@ from func_amqp.minion.service import MinionService, ServiceSettings
 from func_amqp.overlord.caller import AsyncOverlord, CallEvent
 from func_amqp.protocol import codec, names
 from func_amqp.protocol.envelope import Envelope
-from func_amqp.protocol.messages import ExceptionResponse, MethodRequest, MethodResponse, SubscribeRequest
+from func_amqp.protocol.messages import ExceptionResponse, MethodRequest, MethodResponse, Opcode, SubscribeRequest
 from func_amqp.transport.base import Delivery
 from func_amqp.transport.memory import MemoryTransport, hub
 
@@ -452,6 +452,33 @@ async def test_a_reply_lost_while_the_reply_address_was_away_is_asked_for_again(
     assert isinstance(transport, MemoryTransport)
     transport.reattach()
     assert await asyncio.wait_for(call, 5) == {"m1": 5}
+
+
+async def test_a_follow_whose_final_reply_was_lost_asks_again(
+    minion: MinionService, overlord: AsyncOverlord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    call = asyncio.ensure_future(overlord.call("chatty", "until_cancelled", call_id="w1"))
+    await asyncio.sleep(0.2)
+    follower = asyncio.ensure_future(overlord.follow("w1"))
+    await asyncio.sleep(0.2)
+    lost: list[str | None] = []
+    deliver = minion.transport.reply
+
+    async def lossy(reply_to: str, env: Envelope) -> None:
+        final = env.headers.get(names.H_OPCODE) == Opcode.METHOD_RESPONSE.value and b"noticed" in env.body
+        if final and env.correlation_id != "w1:m1" and not lost:  # the follower's copy
+            lost.append(env.correlation_id)
+            return
+        await deliver(reply_to, env)
+
+    monkeypatch.setattr(minion.transport, "reply", lossy)
+    assert await overlord.cancel("w1") == {"m1": True}
+    assert await call == {"m1": "noticed"}
+    assert lost and not follower.done()
+    transport = overlord.rpc.transport
+    assert isinstance(transport, MemoryTransport)
+    transport.reattach()
+    assert await asyncio.wait_for(follower, 5) == {"m1": "noticed"}
 
 
 async def test_a_request_lost_before_the_minion_took_it_times_out_as_usual(
