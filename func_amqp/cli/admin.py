@@ -14,7 +14,7 @@ import asyncio
 import fnmatch
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from func_amqp import __version__
 from func_amqp.broker.definitions import definitions_json
@@ -161,7 +161,9 @@ class MinionsCommands(CommandGroup):
         for name in sorted(known.keys() | up.keys()):
             info = known.get(name, {})
             state = "up" if name in up else "down"
-            print(f"{name}\t{state}\t{info.get('version', '-')}\t{','.join(info.get('modules', []))}")
+            modules = info.get("modules", [])
+            listed = ",".join(str(m) for m in modules) if isinstance(modules, list) else "-"
+            print(f"{name}\t{state}\t{info.get('version', '-')}\t{listed}")
         return EXIT_OK
 
     def forget(self, args: argparse.Namespace, paths: Paths) -> int:
@@ -208,7 +210,7 @@ class CaCommands(CommandGroup):
     def run(self, args: argparse.Namespace, paths: Paths) -> int:
         """Run the one verb given; without one print help and fail, as certmaster-ca did."""
         ca = CertificateAuthority.from_paths(paths)
-        verbs: dict[str, Callable[[CertificateAuthority, object], int]] = {
+        verbs: dict[str, Callable[[CertificateAuthority, Any], int]] = {
             "init": self.init,
             "list": self.list_pending,
             "sign": self.sign,

@@ -167,7 +167,10 @@ class RpcClient:
         if cid in self._targets and not self._authentic(env, cid, None):
             return  # a pending call's reply must be genuine before it is even decoded
         try:
-            reply = codec.decode(env, self._max_bytes)
+            decoded = codec.decode(env, self._max_bytes)
+            if not isinstance(decoded, Reply):  # a request or an event sent to a reply address
+                raise ProtocolError(f"a {type(decoded).__name__} is no reply", Code.UNKNOWN_OPCODE)
+            reply = decoded
             if cid not in self._targets and not self._authentic(env, cid, reply):
                 return
         except ProtocolError as exc:
@@ -187,11 +190,11 @@ class RpcClient:
         future = self._pending.pop(cid, None)
         if future is not None:
             if not future.done():
-                future.set_result(reply)  # type: ignore[arg-type]
+                future.set_result(reply)
             return
         collector = self._collectors.get(cid)
         if collector is not None:
-            collector.put_nowait(reply)  # type: ignore[arg-type]
+            collector.put_nowait(reply)
             return
         _log.debug("reply for unknown or finished request %r ignored", cid)
 

@@ -15,7 +15,7 @@ import json
 import math
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from func_amqp.errors import Code, ProtocolError
 from func_amqp.protocol import names
@@ -306,7 +306,7 @@ def _decode_method_request(body: Any, env: Envelope) -> MethodRequest:
     if "_job" in body:
         ticket = _map(body["_job"], "_job")
         job = JobTicket(_job_id(ticket.get("id")), _owner(ticket.get("owner")))
-    return MethodRequest(module, method, args, float(env.deadline or 0), str(target), job)
+    return MethodRequest(module, method, cast(list[Any], args), float(env.deadline or 0), str(target), job)
 
 
 def _job_id(value: Any) -> str:
@@ -331,7 +331,7 @@ def _decode_exception(body: Any, env: Envelope) -> ExceptionResponse:
     etype = values.get("exception_type", "")
     trace = values.get("traceback", "")
     _require(isinstance(etype, str) and isinstance(trace, str), "exception details must be strings")
-    return ExceptionResponse(code, text, etype, trace)
+    return ExceptionResponse(cast(int, code), text, etype, trace)
 
 
 def _decode_query_request(body: Any, env: Envelope) -> QueryRequest:
@@ -395,7 +395,7 @@ def _decode_data_indication(body: Any, env: Envelope) -> ProgressIndication | Lo
             isinstance(lines, list) and len(lines) <= MAX_LOG_LINES and all(isinstance(x, str) for x in lines),
             f"lines must be a list of at most {MAX_LOG_LINES} strings",
         )
-        return LogIndication(lines)
+        return LogIndication(cast(list[str], lines))
     if kind == KIND_JOB:
         return job_event_from_values(values, env)
     raise ProtocolError(f"unknown data indication kind {kind!r}")
@@ -455,7 +455,7 @@ def _call_id(body: Any) -> str:
         isinstance(value, str) and 0 < len(value) <= MAX_CALL_ID_LENGTH and value.isprintable(),
         f"_call_id must be a non-empty printable string of at most {MAX_CALL_ID_LENGTH} characters",
     )
-    return value
+    return cast(str, value)
 
 
 def _request_id(body: Any) -> str | None:
@@ -539,7 +539,7 @@ def check_envelope(env: Envelope, max_bytes: int) -> Opcode:
             isinstance(deadline, int) and not isinstance(deadline, bool) and abs(deadline) < 2**63,
             f"the {names.H_DEADLINE} header must be integer milliseconds since the epoch",
         )
-        env.deadline = deadline / 1000
+        env.deadline = cast(int, deadline) / 1000
     return opcode_of(env)
 
 

@@ -124,7 +124,7 @@ def check_key_strength(key: object) -> None:
     raise PkiError(f"key type {type(key).__name__} not accepted; use EC P-256/P-384, Ed25519 or RSA >= {RSA_KEY_SIZE}")
 
 
-def signing_hash(key: PrivateKey) -> hashes.HashAlgorithm | None:
+def signing_hash(key: PrivateKey) -> hashes.SHA256 | None:
     """SHA-256, except Ed25519 which hashes internally (cryptography wants None)."""
     return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
 
@@ -132,7 +132,7 @@ def signing_hash(key: PrivateKey) -> hashes.HashAlgorithm | None:
 def public_key_der(key: object) -> bytes:
     """The SubjectPublicKeyInfo DER of a public key, or of a private key's public half."""
     public = key.public_key() if hasattr(key, "private_bytes") else key  # type: ignore[attr-defined]
-    return public.public_bytes(  # type: ignore[no-any-return, attr-defined]
+    return public.public_bytes(  # type: ignore[no-any-return, attr-defined, union-attr]
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 

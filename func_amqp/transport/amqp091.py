@@ -55,6 +55,8 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 LIBRARY_ERRORS: tuple[type[BaseException], ...] = (aiormq.exceptions.PublishError, aiormq.exceptions.DeliveryError, *CONNECTION_ERRORS)
+CONNECT_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, OSError, ValueError)
+"""What connecting raises for a broker that is not there, or a URL it cannot use."""
 
 
 def _mapped_error(exc: BaseException, what: str) -> TransportError:
@@ -245,7 +247,7 @@ class Amqp091Transport(Transport):
                     client_properties={"connection_name": "func-amqp"},
                     ssl_context=self._ssl_context,
                 )
-        except (*CONNECTION_ERRORS, OSError, ValueError) as exc:
+        except CONNECT_ERRORS as exc:
             raise BrokerUnreachable(masked_url(self.url), str(exc) or type(exc).__name__) from exc
         try:
             self._publish = await self._connection.channel(
@@ -253,7 +255,9 @@ class Amqp091Transport(Transport):
             )
             self._consume = await self._connection.channel(publisher_confirms=False)
             for name, kind, arguments in names.EXCHANGES:  # the robust channel declares them again after a reconnect
-                await self._publish.declare_exchange(name, aio_pika.ExchangeType(kind), durable=True, arguments=arguments)
+                await self._publish.declare_exchange(
+                    name, aio_pika.ExchangeType(kind), durable=True, arguments=arguments  # type: ignore[arg-type]
+                )
         except CONNECTION_ERRORS as exc:
             await self.close()
             raise TransportError(f"cannot set up the broker topology at {masked_url(self.url)}: {exc}") from exc

@@ -22,6 +22,7 @@ import asyncio
 import atexit
 import collections
 import contextlib
+import functools
 import itertools
 import logging
 import threading
@@ -661,7 +662,10 @@ class Amqp10Transport(Transport):
         state = _Link(None, loop.create_future(), handler, settle, on_reattached=on_reattached)
         named: asyncio.Future[str] = loop.create_future()
         options = None if settle else AtMostOnce()
-        reactor.submit(lambda: reactor.to_loop(_set_result, named, reactor.open_receiver(source, state, credit, options)))
+        def open_receiver() -> None:
+            reactor.to_loop(_set_result, named, reactor.open_receiver(source, state, credit, options))
+
+        reactor.submit(open_receiver)
         await self._attached(state.attached, f"cannot consume from {source!r}")
         return await named
 
@@ -718,7 +722,7 @@ class Amqp10Transport(Transport):
         reactor = self._require()
         serving, self._serving = self._serving, []
         for name in serving:
-            reactor.submit(lambda name=name: reactor.close_link(name))
+            reactor.submit(functools.partial(reactor.close_link, name))
 
     async def reply(self, reply_to: str, envelope: Envelope) -> None:
         await self._send_to(reply_to, envelope, f"cannot reply to {reply_to!r}")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from func_amqp.errors import TransportError, Unroutable
 from func_amqp.protocol import names
 from func_amqp.protocol.envelope import Envelope
-from func_amqp.transport.base import Handler, Reattached, Transport
+from func_amqp.transport.base import Delivery, Handler, Reattached, Transport
 
 _hubs: dict[str, "MemoryHub"] = {}
 
@@ -78,7 +78,7 @@ class MemoryTransport(Transport):
         self.url = url
         self._hub = hub(url)
         self._connected = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
         self._reattached: list[Reattached] = []
 
     def reattach(self) -> None:
@@ -113,7 +113,7 @@ class MemoryTransport(Transport):
             raise TransportError("the transport is not connected; call connect() first")
 
     def _spawn(self, handler: Handler, delivery: _MemoryDelivery) -> None:
-        task = asyncio.get_running_loop().create_task(handler(delivery))
+        task: asyncio.Future[None] = asyncio.ensure_future(handler(delivery))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -123,7 +123,7 @@ class MemoryTransport(Transport):
             self._spawn(minion.handler, _MemoryDelivery(env, self._hub, None))
             return
 
-        async def run(delivery: _MemoryDelivery) -> None:
+        async def run(delivery: Delivery) -> None:
             await minion.slots.acquire()
             if env.deadline is not None and env.deadline < time.time():
                 minion.slots.release()  # expired in the queue: dropped, as a TTL would

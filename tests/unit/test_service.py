@@ -481,6 +481,24 @@ async def test_a_follow_whose_final_reply_was_lost_asks_again(
     assert await asyncio.wait_for(follower, 5) == {"m1": "noticed"}
 
 
+async def test_a_request_sent_to_a_reply_address_is_no_reply(url: str, minion: MinionService, overlord: AsyncOverlord) -> None:
+    """Anyone on the broker may publish to a reply address: a request arriving there
+    under a pending call's correlation id fails that call as malformed, it is no result."""
+    call = asyncio.ensure_future(overlord.call("chatty", "until_cancelled", call_id="r1"))
+    await asyncio.sleep(0.2)
+    stranger = MemoryTransport(url)
+    await stranger.connect()
+    bogus = codec.encode(MethodRequest("test", "ping", [], time.time() + 5, "m1"), correlation_id="r1:m1")
+    reply_to = overlord.rpc._reply_to
+    assert reply_to is not None
+    await stranger.reply(reply_to, bogus)
+    err = (await asyncio.wait_for(call, 5))["m1"]
+    assert err[1].endswith("RemoteError.UNKNOWN_OPCODE") and "is no reply" in err[2]
+    assert await overlord.cancel("r1") == {"m1": True}
+    assert await overlord.follow("r1") == {"m1": "noticed"}  # the call itself went on
+    await stranger.close()
+
+
 async def test_a_request_lost_before_the_minion_took_it_times_out_as_usual(
     minion: MinionService, url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
