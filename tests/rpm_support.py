@@ -18,6 +18,8 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
+from func_amqp.minion.loader import shipped_modules_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 HELLO_SPEC = ROOT / "examples" / "hello-func" / "hello-func.spec"
 FAKE_MOCK = ROOT / "tests" / "fixtures" / "fake-mock"
@@ -95,6 +97,7 @@ echo {name} > %{{buildroot}}%{{_datadir}}/{name}/{name}.txt
 def _createrepo_c() -> str | None:
     """Where the minion's createrepo module finds the command (beside this Python, as
     the PyPI wheel installs it into a venv, else on PATH)."""
+    shipped_modules_dir()  # makes func_amqp.modules importable from a source tree
     module = importlib.import_module("func_amqp.modules.createrepo")
     try:
         return str(module.find_command("createrepo_c"))
