@@ -449,22 +449,23 @@ def job_event_from_values(values: dict[str, Any], env: Envelope | None = None) -
 MAX_CALL_ID_LENGTH = 2 * MAX_NAME_LENGTH  # "<call id>:<minion name>"
 
 
-def _call_id(body: Any) -> str:
-    value = _map(body, "the body").get("_call_id")
+def _id_field(body: Any, key: str, *, optional: bool = False) -> str | None:
+    """A call or request id in a follow or cancel body (absent allowed if ``optional``)."""
+    value = _map(body, "the body").get(key)
     _require(
-        isinstance(value, str) and 0 < len(value) <= MAX_CALL_ID_LENGTH and value.isprintable(),
-        f"_call_id must be a non-empty printable string of at most {MAX_CALL_ID_LENGTH} characters",
+        (optional and value is None)
+        or (isinstance(value, str) and 0 < len(value) <= MAX_CALL_ID_LENGTH and value.isprintable()),
+        f"{key} must be a non-empty printable string of at most {MAX_CALL_ID_LENGTH} characters",
     )
-    return cast(str, value)
+    return cast("str | None", value)
+
+
+def _call_id(body: Any) -> str:
+    return cast(str, _id_field(body, "_call_id"))
 
 
 def _request_id(body: Any) -> str | None:
-    value = _map(body, "the body").get("_request_id")
-    _require(
-        value is None or (isinstance(value, str) and 0 < len(value) <= MAX_CALL_ID_LENGTH and value.isprintable()),
-        f"_request_id must be a non-empty printable string of at most {MAX_CALL_ID_LENGTH} characters",
-    )
-    return value
+    return _id_field(body, "_request_id", optional=True)
 
 
 def _decode_query_response(body: Any, env: Envelope) -> QueryResponse:

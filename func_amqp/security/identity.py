@@ -25,17 +25,21 @@ RECHECK_INTERVAL = 1.0
 """Seconds between looks at the CA and CRL files: a revocation takes effect within it."""
 
 
+def _acl_key(cn: str, subject_hash: str) -> str:
+    return f"{cn.lower()}-{subject_hash}"
+
+
 def acl_key(cert: x509.Certificate) -> str:
     """``<CN>-<hash>``: the key func's ACL files grant methods to."""
     cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
-    return f"{str(cn).lower()}-{ca_module.subject_hash(cert)}"
+    return _acl_key(str(cn), ca_module.subject_hash(cert))
 
 
 def identity_acl_key(identity: Identity) -> str:
     """:func:`acl_key` of a verified signer, from the names its verification cached."""
     if identity.subject_hash is None:
         return acl_key(identity.certificate)
-    return f"{identity.cn.lower()}-{identity.subject_hash}"
+    return _acl_key(identity.cn, identity.subject_hash)
 
 
 @dataclass

@@ -63,6 +63,8 @@ send fails as a transport error, which callers retry while their deadline allows
 """How long a link may take to attach; RabbitMQ never answers one to a missing exchange."""
 MAX_SENDER_LINKS = 256
 """Sender links kept open (one per target address); the least recently used closes."""
+MAX_REACHABLE = 4 * MAX_SENDER_LINKS
+"""Target addresses remembered as attached once (then forgotten all at once)."""
 HEARTBEAT = 30.0
 """Seconds of silence after which either side may drop the connection (AMQP idle timeout)."""
 REPLY_CREDIT = 1000
@@ -662,6 +664,7 @@ class Amqp10Transport(Transport):
         state = _Link(None, loop.create_future(), handler, settle, on_reattached=on_reattached)
         named: asyncio.Future[str] = loop.create_future()
         options = None if settle else AtMostOnce()
+
         def open_receiver() -> None:
             reactor.to_loop(_set_result, named, reactor.open_receiver(source, state, credit, options))
 
@@ -691,7 +694,7 @@ class Amqp10Transport(Transport):
             except TransportError:
                 reactor.submit(withdraw)
                 raise
-            if len(self._reachable) >= 4 * MAX_SENDER_LINKS:
+            if len(self._reachable) >= MAX_REACHABLE:
                 self._reachable.clear()
             self._reachable.add(address)
         try:
