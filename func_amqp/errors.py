@@ -55,6 +55,7 @@ class Code(enum.IntEnum):
     REVOKED_CERTIFICATE = 18
     REPLAYED = 19
     NO_SUCH_CALL = 20
+    KEY_CHANGED = 21
 
     @property
     def description(self) -> str:
@@ -82,6 +83,7 @@ _DESCRIPTIONS = {
     Code.REVOKED_CERTIFICATE: "the certificate has been revoked",
     Code.REPLAYED: "the request was seen before (replay)",
     Code.NO_SUCH_CALL: "no call of that id is running or just finished on this minion",
+    Code.KEY_CHANGED: "the MAC was made for a certificate the receiver no longer holds: send it signed",
 }
 
 

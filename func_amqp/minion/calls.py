@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, NamedTuple
 
 from func_amqp.errors import TransportError
 from func_amqp.minion.progress import CallContext, Progress
 from func_amqp.protocol.messages import LogIndication, ProgressIndication, Reply
+from func_amqp.security.pair_keys import PairKey
 
 _log = logging.getLogger(__name__)
 
@@ -27,7 +28,18 @@ MAX_PENDING_LINES = 20_000
 MAX_QUEUED_BATCHES = 200
 """Log batches waiting for slow followers; beyond it new lines are dropped with a note."""
 
-SendReply = Callable[[str, str, Reply], Awaitable[None]]
+
+
+class Follower(NamedTuple):
+    """Where a call's indications and final reply go."""
+
+    reply_to: str
+    correlation_id: str
+    reply_key: PairKey | None = None
+    """What they are MAC'd with for this follower (None: signed)."""
+
+
+SendReply = Callable[[Follower, Reply], Awaitable[None]]
 
 
 class InFlightCall:
@@ -38,7 +50,7 @@ class InFlightCall:
         self.full_name = full_name
         self.request_id = request_id
         """The ``message_id`` of the request that started the call."""
-        self.followers: list[tuple[str, str]] = []
+        self.followers: list[Follower] = []
         self.last_progress: ProgressIndication | None = None
         self.finished = False
         self.on_progress: Callable[[ProgressIndication], None] | None = None
@@ -65,11 +77,11 @@ class InFlightCall:
 
     # --- on the loop --------------------------------------------------------------------
 
-    def follow(self, reply_to: str, correlation_id: str) -> None:
+    def follow(self, follower: Follower) -> None:
         """Add a follower; it gets the current phase at once, then what follows."""
-        self.followers.append((reply_to, correlation_id))
+        self.followers.append(follower)
         if self.last_progress is not None:
-            self._queue_to(reply_to, correlation_id, self.last_progress)
+            self._queue_to(follower, self.last_progress)
 
     def _add_progress(self, progress: Progress) -> None:
         self._pending_progress = ProgressIndication(progress.phase, progress.current, progress.total, progress.message)
@@ -105,9 +117,9 @@ class InFlightCall:
             if self.on_progress is not None:
                 self.on_progress(self.last_progress)
 
-    def _queue_to(self, reply_to: str, correlation_id: str, item: ProgressIndication) -> None:
+    def _queue_to(self, follower: Follower, item: ProgressIndication) -> None:
         """The current phase for one new follower, sent in order with the rest."""
-        task = self._loop.create_task(self._send_quietly(reply_to, correlation_id, item))
+        task = self._loop.create_task(self._send_quietly(follower, item))
         self._catch_up.add(task)
         task.add_done_callback(self._catch_up.discard)
 
@@ -124,15 +136,15 @@ class InFlightCall:
             item = await outbox.get()
             if item is None:
                 return
-            for reply_to, correlation_id in list(self.followers):
-                await self._send_quietly(reply_to, correlation_id, item)
+            for follower in list(self.followers):
+                await self._send_quietly(follower, item)
 
-    async def _send_quietly(self, reply_to: str, correlation_id: str, item: Reply) -> None:
+    async def _send_quietly(self, follower: Follower, item: Reply) -> None:
         """Indications are best effort: a follower that is gone misses them."""
         try:
-            await self._send(reply_to, correlation_id, item)
+            await self._send(follower, item)
         except TransportError as exc:
-            _log.debug("indication for %s not delivered to %s: %s", self.call_id, reply_to, exc)
+            _log.debug("indication for %s not delivered to %s: %s", self.call_id, follower.reply_to, exc)
 
     async def close(self) -> None:
         """Send what is pending and stop; the final reply may go out after this."""

@@ -3,7 +3,9 @@
 Every request must carry a signature by a certificate of this minion's CA (or by the
 CA itself, func's certmaster key), made for this minion, not revoked, not replayed.
 The ACLs then decide which methods the signer may call. Replies and indications are
-signed with the minion's own key, so an overlord can tell them from forgeries.
+signed with the minion's own key, so an overlord can tell them from forgeries; those
+for a caller that checks MACs, and shares a pair key with the minion, carry a MAC
+instead (security/pair_keys.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from func_amqp.protocol import names
 from func_amqp.protocol.envelope import Envelope
 from func_amqp.protocol.messages import Opcode
 from func_amqp.security.identity import TrustSource, identity_acl_key
+from func_amqp.security.pair_keys import MAC_SCHEME, PairKey
 from func_amqp.security.signing import ReplayGuard, Signer
 
 
@@ -27,6 +30,8 @@ class Caller:
     cn: str
     is_ca: bool = False
     """Signed with the CA's own key (not merely a certificate named like the CA)."""
+    reply_key: PairKey | None = None
+    """What the answers to this caller are MAC'd with (None: signed)."""
 
 
 UNAUTHENTICATED = Caller("-", "")
@@ -71,7 +76,7 @@ class MinionSecurity:
         if opcode is Opcode.CANCEL_REQUEST and env.headers.get(names.H_TARGET) == names.ANY_MINION:
             expected_target = names.ANY_MINION  # a job-wide cancel, for whoever has the job
         store = self.trust.store()
-        identity = store.verify(env, expected_target=expected_target)
+        identity = store.verify(env, expected_target=expected_target, receiver=self.signer)
         try:
             if not job:
                 self.replay.check_envelope(env, identity)
@@ -81,7 +86,10 @@ class MinionSecurity:
             if exc.code != Code.REPLAYED or not env.redelivered:
                 raise
         is_ca = identity.certificate == store.ca_certificate
-        return Caller(identity_acl_key(identity), identity.cn, is_ca)
+        headers = env.headers
+        checks_macs = names.H_MAC in headers or headers.get(names.H_ACCEPTS_MAC) == MAC_SCHEME
+        reply_key = self.signer.pair_key(identity) if checks_macs else None
+        return Caller(identity_acl_key(identity), identity.cn, is_ca, reply_key)
 
     def authorize(self, caller: Caller, method: str) -> None:
         """Raise AccessToMethodDenied unless the ACLs grant ``method`` to ``caller``.
@@ -93,8 +101,8 @@ class MinionSecurity:
             return
         self.acl.check(caller.key, method)
 
-    def sign(self, env: Envelope) -> None:
-        self.signer.sign(env)
+    def sign(self, env: Envelope, reply_key: PairKey | None = None) -> None:
+        self.signer.sign(env, reply_key)
 
 
 class OpenAccess:
@@ -106,7 +114,7 @@ class OpenAccess:
     def authorize(self, caller: Caller, method: str) -> None:
         return None
 
-    def sign(self, env: Envelope) -> None:
+    def sign(self, env: Envelope, reply_key: PairKey | None = None) -> None:
         return None
 
 

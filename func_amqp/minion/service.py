@@ -39,7 +39,7 @@ from func_amqp.errors import (
 )
 from func_amqp.minion import audit, progress
 from func_amqp.minion.audit import AuditLog
-from func_amqp.minion.calls import InFlightCall
+from func_amqp.minion.calls import Follower, InFlightCall
 from func_amqp.minion.progress import CallContext
 from func_amqp.minion.recent import KEEP_SECONDS, FinishedCall, RecentReplies
 from func_amqp.minion.security import UNAUTHENTICATED, Caller, Gate, OpenAccess
@@ -62,6 +62,7 @@ from func_amqp.protocol.messages import (
     Request,
     SubscribeRequest,
 )
+from func_amqp.security.pair_keys import PairKey
 from func_amqp.transport.base import Delivery, Transport
 
 _log = logging.getLogger(__name__)
@@ -295,7 +296,7 @@ class MinionService:
             if env.reply_to:
                 await delivery.ack()  # a no-op if it was already settled
                 reply = code_reply(Code.INTERNAL_ERROR, f"the minion failed handling the request: {exc!r}")
-                await self._send_reply(env.reply_to, env.correlation_id, reply, env.deadline or 0)
+                await self._send_reply(env.reply_to, env.correlation_id, reply, env.deadline or 0, None)
             else:
                 await delivery.reject()
 
@@ -339,7 +340,7 @@ class MinionService:
         await delivery.ack()
         self.audit.record(caller.key, action, [], env.correlation_id or "-", audit.OK)
         if isinstance(request, SubscribeRequest):
-            await self._subscribe(env, request, followed)
+            await self._subscribe(env, request, followed, caller.reply_key)
             return
         if isinstance(request, AgentLocateRequest):
             if request.name != self.settings.name and (request.name or not self.settings.discoverable):
@@ -350,7 +351,7 @@ class MinionService:
         else:  # schema answers run module code (register_method_args): off the loop,
             # and not in the call pool, which long calls may fill
             answer = await asyncio.to_thread(self._answer, request)
-        await self._send_reply(env.reply_to, env.correlation_id, answer, deadline)
+        await self._send_reply(env.reply_to, env.correlation_id, answer, deadline, caller.reply_key)
 
     def _guarded_method(self, request: Request, followed: InFlightCall | FinishedCall | None) -> str | None:
         """The method the ACLs must grant for ``request`` (None: any signed caller);
@@ -386,7 +387,7 @@ class MinionService:
             _log.warning("refused a message (%s): %s", code.name, text)
             await delivery.ack()
             # not the message's own deadline: it may be a stranger's far-future one
-            await self._send_reply(env.reply_to, env.correlation_id, code_reply(code, text), 0)
+            await self._send_reply(env.reply_to, env.correlation_id, code_reply(code, text), 0, caller.reply_key)
         else:
             _log.warning("dead-lettered a message without reply address (%s): %s", code.name, text)
             await delivery.reject()
@@ -417,7 +418,7 @@ class MinionService:
             await delivery.ack()
             reply = exception_reply(exc, with_traceback=False)
             self.audit.record(caller.key, request.full_name, request.args, env.correlation_id or "-", audit.error(reply.exception_type), str(exc))
-            await self._send_reply(env.reply_to, env.correlation_id, reply, request.deadline)
+            await self._send_reply(env.reply_to, env.correlation_id, reply, request.deadline, caller.reply_key)
             return
         await self._slots.acquire()
         refusal = self._refusal_after_wait(request, env)
@@ -428,7 +429,7 @@ class MinionService:
         call_id = env.correlation_id or env.message_id or uuid.uuid4().hex
         call = InFlightCall(call_id, request.full_name, self.send_indication, request_id=env.message_id)
         if env.reply_to:
-            call.follow(env.reply_to, call_id)
+            call.follow(Follower(env.reply_to, call_id, caller.reply_key))
         self._calls[call_id] = call  # before any await: a duplicate id is refused above
         try:
             await delivery.ack()
@@ -475,7 +476,7 @@ class MinionService:
             return  # abandoned after a cancel: its late result has nobody to go to
         self._calls.pop(call.call_id, None)
         # encoded and kept before anything awaits: a follow from now on finds it kept
-        envelopes = [(reply_to, self._encode_reply(reply, cid)) for reply_to, cid in call.followers]
+        envelopes = [(to, self._encode_reply(reply, cid, key)) for to, cid, key in call.followers]
         if envelopes:  # without followers (a job) the outcome goes to the job's owner
             self._recent.add(call.call_id, call.full_name, call.request_id, envelopes[0][1])
         await call.close()
@@ -488,14 +489,14 @@ class MinionService:
         """Send a finished call's reply to its followers, if it has any."""
         await self._finish(call, reply, time.time() + REPLY_GRACE)
 
-    async def send_indication(self, reply_to: str, correlation_id: str, item: Reply) -> None:
+    async def send_indication(self, follower: Follower, item: Reply) -> None:
         try:
-            env = codec.encode(item, correlation_id=correlation_id, agent=self.settings.name)
+            env = codec.encode(item, correlation_id=follower.correlation_id, agent=self.settings.name)
         except (TypeError, ValueError, RecursionError) as exc:
             _log.warning("dropped an indication that cannot travel: %s", exc)
             return
-        self.gate.sign(env)
-        await self.transport.reply(reply_to, env)
+        self.gate.sign(env, follower.reply_key)
+        await self.transport.reply(follower.reply_to, env)
 
     # --- following and cancelling ----------------------------------------------------
 
@@ -506,28 +507,30 @@ class MinionService:
             return None
         return found
 
-    async def _subscribe(self, env: Envelope, request: SubscribeRequest, followed: InFlightCall | FinishedCall | None) -> None:
+    async def _subscribe(
+        self, env: Envelope, request: SubscribeRequest, followed: InFlightCall | FinishedCall | None, reply_key: PairKey | None
+    ) -> None:
         if not env.reply_to or not env.correlation_id:
             return
         if isinstance(followed, InFlightCall):
             if self._calls.get(request.call_id) is followed:
-                followed.follow(env.reply_to, env.correlation_id)
+                followed.follow(Follower(env.reply_to, env.correlation_id, reply_key))
                 return
             finished = self._recent.get(request.call_id)  # it ended while the follow was acked
             followed = finished if finished is not None and finished.request_id == followed.request_id else None
         if followed is not None:
-            await self._deliver(env.reply_to, self._readdressed(followed.reply, env.correlation_id), request.deadline)
+            await self._deliver(env.reply_to, self._readdressed(followed.reply, env.correlation_id, reply_key), request.deadline)
             return
         reply = code_reply(
             Code.NO_SUCH_CALL,
             f"no call {request.call_id!r} is running on this minion or finished in the last {KEEP_SECONDS:g} s",
         )
-        await self._send_reply(env.reply_to, env.correlation_id, reply, request.deadline)
+        await self._send_reply(env.reply_to, env.correlation_id, reply, request.deadline, reply_key)
 
-    def _readdressed(self, reply: Envelope, correlation_id: str) -> Envelope:
+    def _readdressed(self, reply: Envelope, correlation_id: str, reply_key: PairKey | None) -> Envelope:
         """A kept reply for another follower: under its correlation id, signed anew."""
         copy = dataclasses.replace(reply, message_id=uuid.uuid4().hex, correlation_id=correlation_id, headers=dict(reply.headers))
-        self.gate.sign(copy)
+        self.gate.sign(copy, reply_key)
         return copy
 
     def _cancel(self, request: CancelRequest, caller: Caller) -> Reply:
@@ -551,18 +554,21 @@ class MinionService:
 
     # --- replying -------------------------------------------------------------------
 
-    def _encode_reply(self, reply: Reply, correlation_id: str | None) -> Envelope:
+    def _encode_reply(self, reply: Reply, correlation_id: str | None, reply_key: PairKey | None) -> Envelope:
         try:
             env = codec.encode(reply, correlation_id=correlation_id, agent=self.settings.name)
         except (TypeError, ValueError, RecursionError) as exc:
             fallback = code_reply(Code.RESULT_NOT_SERIALIZABLE, f"the method's result cannot travel: {exc}")
             env = codec.encode(fallback, correlation_id=correlation_id, agent=self.settings.name)
-        self.gate.sign(env)
+        self.gate.sign(env, reply_key)
         return env
 
-    async def _send_reply(self, reply_to: str | None, correlation_id: str | None, reply: Reply, deadline: float) -> None:
+    async def _send_reply(
+        self, reply_to: str | None, correlation_id: str | None, reply: Reply, deadline: float, reply_key: PairKey | None
+    ) -> None:
+        """Encode, sign (or MAC with ``reply_key``) and deliver one reply."""
         if reply_to:
-            await self._deliver(reply_to, self._encode_reply(reply, correlation_id), deadline)
+            await self._deliver(reply_to, self._encode_reply(reply, correlation_id, reply_key), deadline)
 
     async def _deliver(self, reply_to: str, env: Envelope, deadline: float) -> None:
         """Send an encoded reply, retrying while the caller may be reconnecting."""

@@ -47,7 +47,8 @@ from func_amqp.protocol.messages import (
 )
 from func_amqp.security.identity import TrustSource
 from func_amqp.security.keys import common_name
-from func_amqp.security.signing import Signer
+from func_amqp.security.pair_keys import MAC_SCHEME, PAIR_CACHE_SIZE, PairKey
+from func_amqp.security.signing import Identity, Signer
 from func_amqp.transport.base import Delivery, Transport
 
 _log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ FOLLOW_REFUSALS = frozenset(
         Code.UNTRUSTED_CERTIFICATE,
         Code.REVOKED_CERTIFICATE,
         Code.REPLAYED,
+        Code.KEY_CHANGED,
     }
 )
 """Codes a minion answers a follow request itself with: no outcome of the call followed
@@ -114,6 +116,10 @@ class RpcClient:
         """Pending calls and follows whose reply a minion can be asked for again:
         correlation id -> the call's id on the minion, deadline, its request's message id."""
         self._recoveries: dict[str, asyncio.Task[None]] = {}
+        self._pair_keys: dict[str, PairKey] = {}
+        """Minion name -> the key its last reply was MAC'd with: requests to it are MAC'd
+        with it too (security/pair_keys.py), until a reply comes signed or it refuses
+        the key (KEY_CHANGED)."""
 
     async def start(self) -> None:
         """Open the reply address (once: a second start keeps the first)."""
@@ -199,7 +205,7 @@ class RpcClient:
         _log.debug("reply for unknown or finished request %r ignored", cid)
 
     def _authentic(self, env: Envelope, cid: str, reply: Reply | None) -> bool:
-        """Whether the reply is signed by the minion it claims to come from."""
+        """Whether the reply is signed (or MAC'd) by the minion it claims to come from."""
         if self._trust is None:
             return True
         expected = self._targets.get(cid)
@@ -207,12 +213,32 @@ class RpcClient:
             expected = reply.agent.name
         if expected is None:
             return False  # nobody is waiting for it: nothing to verify against
-        return self.verify(env, expected)
+        identity = self._verified(env, expected)
+        if identity is None:
+            return False
+        self._learn_pair_key(expected, env, identity)
+        return True
+
+    def _learn_pair_key(self, minion: str, env: Envelope, identity: Identity) -> None:
+        """A MAC'd reply shows the minion's current certificate and that it checks MACs."""
+        pair = self._signer.pair_key(identity) if self._signer is not None and names.H_MAC in env.headers else None
+        if pair is None:
+            self._pair_keys.pop(minion, None)
+            return
+        if minion not in self._pair_keys and len(self._pair_keys) >= PAIR_CACHE_SIZE:
+            self._pair_keys.clear()
+        self._pair_keys[minion] = pair
 
     def _envelope(self, message: Request, cid: str, target: str | None, *, answered: bool = True) -> Envelope:
+        """``message`` encoded and signed; MAC'd instead for a minion this client shares
+        a key with, when the answer comes back here."""
         env = codec.encode(message, correlation_id=cid, reply_to=self._reply_to if answered else None, target=target)
-        if self._signer is not None:
-            self._signer.sign(env)
+        if self._signer is None:
+            return env
+        mac_for = self._pair_keys.get(target) if answered and target is not None else None
+        if mac_for is None and answered and self._trust is not None and self._signer.pairs.usable:
+            env.headers[names.H_ACCEPTS_MAC] = MAC_SCHEME
+        self._signer.sign(env, mac_for)
         return env
 
     def signed(self, message: Request, cid: str, target: str) -> Envelope:
@@ -222,17 +248,19 @@ class RpcClient:
 
     def verify(self, env: Envelope, signer: str) -> bool:
         """Whether ``env`` is signed by ``signer`` (true when this client trusts no CA)."""
-        if self._trust is None:
-            return True
+        return self._trust is None or self._verified(env, signer) is not None
+
+    def _verified(self, env: Envelope, signer: str) -> Identity | None:
+        """Who signed ``env`` when it is ``signer``; None (logged) when not."""
+        assert self._trust is not None
         try:
-            self._trust.store().verify(env, expected_signer=signer)
+            return self._trust.store().verify(env, expected_signer=signer, receiver=self._signer)
         except SecurityError as exc:
             _log.warning("refused a message claiming to come from %s: %s", signer, exc)
-            return False
+            return None
         except (OSError, ValueError) as exc:
             _log.error("cannot check signatures: the CA certificate or CRL cannot be read: %s", exc)
-            return False
-        return True
+            return None
 
     @property
     def signer_name(self) -> str:
@@ -267,18 +295,19 @@ class RpcClient:
         self._targets[cid] = target
         try:
             env = self._envelope(message, cid, target)
-            if recover and isinstance(message, MethodRequest):
-                self._calls[cid] = (cid, message.deadline, env.message_id)
-            elif recover and isinstance(message, SubscribeRequest):
-                self._calls[cid] = (message.call_id, message.deadline or time.time() + timeout, message.request_id)
+            self._track(cid, message, env, timeout, recover)
             deadline = getattr(message, "deadline", 0) or time.time() + timeout
+            control = not isinstance(message, MethodRequest)
             try:
-                async with asyncio.timeout(timeout):
-                    await self._send(target, env, deadline, not isinstance(message, MethodRequest))
-                async with asyncio.timeout(max(deadline - time.time(), 0)):
-                    if self.transport.reports_unroutable:
-                        return await future
-                    return await self._reply_unless_absent(target, future, timeout)
+                reply = await self._exchange(target, env, future, deadline, timeout, control)
+                if isinstance(reply, ExceptionResponse) and reply.code == Code.KEY_CHANGED and names.H_MAC in env.headers:
+                    # the minion has a new certificate since its last reply: ask again, signed
+                    self._pair_keys.pop(target, None)
+                    future = self._pending[cid] = asyncio.get_running_loop().create_future()
+                    env = self._envelope(message, cid, target)
+                    self._track(cid, message, env, timeout, recover)
+                    reply = await self._exchange(target, env, future, deadline, timeout, control)
+                return reply
             except Unroutable:
                 raise MinionUnreachable(
                     f"minion {target} is not connected to the broker (is funcd running there?)"
@@ -293,6 +322,25 @@ class RpcClient:
             recovery = self._recoveries.pop(cid, None)
             if recovery is not None:
                 recovery.cancel()
+
+    def _track(self, cid: str, message: Request, env: Envelope, timeout: float, recover: bool) -> None:
+        """Note what a reconnect's recovery asks for again, if anything."""
+        if recover and isinstance(message, MethodRequest):
+            self._calls[cid] = (cid, message.deadline, env.message_id)
+        elif recover and isinstance(message, SubscribeRequest):
+            self._calls[cid] = (message.call_id, message.deadline or time.time() + timeout, message.request_id)
+
+    async def _exchange(
+        self, target: str, env: Envelope, future: asyncio.Future[Reply], deadline: float, timeout: float, control: bool
+    ) -> Reply:
+        """Send ``env`` (on the control route unless a method call) and wait for the
+        reply ``future`` gets, until the deadline."""
+        async with asyncio.timeout(timeout):
+            await self._send(target, env, deadline, control)
+        async with asyncio.timeout(max(deadline - time.time(), 0)):
+            if self.transport.reports_unroutable:
+                return await future
+            return await self._reply_unless_absent(target, future, timeout)
 
     async def _reply_unless_absent(self, target: str, future: asyncio.Future[Reply], timeout: float) -> Reply:
         """The reply; Unroutable if it is slow and a presence probe finds nobody."""

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from func_amqp.config import Paths, _Section
@@ -234,13 +234,14 @@ def _subject(cn: str) -> x509.Name:
 
 
 def _leaf_key_usage(public_key: object) -> x509.KeyUsage:
-    """digitalSignature; RSA keys may also encipher keys (RSA key transport)."""
+    """digitalSignature; RSA keys may also encipher keys (RSA key transport), EC keys
+    agree them (the MAC keys of security/pair_keys.py)."""
     return x509.KeyUsage(
         digital_signature=True,
         content_commitment=False,
         key_encipherment=isinstance(public_key, rsa.RSAPublicKey),
         data_encipherment=False,
-        key_agreement=False,
+        key_agreement=isinstance(public_key, ec.EllipticCurvePublicKey),
         key_cert_sign=False,
         crl_sign=False,
         encipher_only=False,

@@ -15,6 +15,13 @@ Headers added by :class:`Signer` (strings)::
     x-func-amqp-certificate          the signer's certificate, standard base64 of DER
     x-func-amqp-certificate-sha256   SHA-256 of that DER, 64 lowercase hex digits
 
+A message for a recipient whose certificate this signer's key can agree a key with
+(security/pair_keys.py) may carry, instead of the signature, a MAC only that recipient
+can check::
+
+    x-func-amqp-mac                    HMAC-SHA256 tag, standard base64
+    x-func-amqp-mac-recipient-sha256   the recipient certificate's SHA-256, 64 hex digits
+
 The signature algorithm follows the certificate's key, so no header names it (nothing
 for an attacker to downgrade): ECDSA P-256 with SHA-256, ECDSA P-384 with SHA-384
 (DER-encoded ``Ecdsa-Sig-Value``), RSA (at least 2048 bits) with PSS, MGF1-SHA-256 and a
@@ -22,12 +29,16 @@ for an attacker to downgrade): ECDSA P-256 with SHA-256, ECDSA P-384 with SHA-38
 
 Failures are :class:`~func_amqp.errors.SecurityError` with these codes:
 
-- ``UNSIGNED``: a signature, certificate or nonce header is absent (or empty).
+- ``UNSIGNED``: a signature (or MAC), certificate or nonce header is absent (or empty).
 - ``BAD_SIGNATURE``: a security header is present but malformed (wrong type, bad
   base64, undecodable DER, oversized, nonce not 32 hex digits, fingerprint header not
   matching the certificate), a signed header has the wrong type, the signature does not
   verify (forged, or any signed field or the body changed), or the signer / target is
-  not the one expected.
+  not the one expected. The same for a MAC that does not match, that the receiver
+  cannot check (its key or the sender's cannot agree one), or that comes with a
+  signature too.
+- ``KEY_CHANGED``: a MAC made for a certificate other than the receiver's current one
+  (it was issued again since the sender learnt it): the sender sends it signed instead.
 - ``UNTRUSTED_CERTIFICATE``: not issued by this CA, outside its validity period, a CA
   certificate, no clientAuth extended key usage, keyUsage without digitalSignature, no
   single common name, or a key type this protocol does not sign with.
@@ -63,7 +74,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from func_amqp.errors import Code, SecurityError
 from func_amqp.protocol import names
 from func_amqp.protocol.envelope import Envelope
-from func_amqp.protocol.names import H_CERTIFICATE, H_FINGERPRINT, H_NONCE, H_SIGNATURE
+from func_amqp.protocol.names import (
+    H_CERTIFICATE,
+    H_FINGERPRINT,
+    H_MAC,
+    H_MAC_RECIPIENT,
+    H_NONCE,
+    H_SIGNATURE,
+)
+from func_amqp.security.pair_keys import MAC_BYTES, PairKey, PairKeys, tag, tag_matches
 
 # --- limits ------------------------------------------------------------------------------
 
@@ -79,8 +98,12 @@ MAX_CERTIFICATE_HEADER = 16_384
 MAX_SIGNATURE_HEADER = 2_048
 """Characters of base64 accepted in the signature header (RSA-8192 needs 1,368)."""
 
+MAX_MAC_HEADER = 64
+"""Characters of base64 accepted in the MAC header (a tag needs 44)."""
+
 NONCE_BYTES = 16
 NONCE_RE = re.compile(r"[0-9a-f]{32}")
+FINGERPRINT_RE = re.compile(r"[0-9a-f]{64}")
 MIN_RSA_BITS = 2048
 RSA_SALT_LENGTH = 32
 _EC_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
@@ -228,7 +251,8 @@ def _public_der(key: PublicKey) -> bytes:
 
 
 class Signer:
-    """Signs outgoing envelopes with one key and attaches its certificate."""
+    """Signs outgoing envelopes with one key and attaches its certificate; or, for a
+    recipient it shares a pair key with, tags them with a MAC instead."""
 
     def __init__(self, private_key: PrivateKey, certificate: x509.Certificate) -> None:
         problem = _key_problem(private_key)
@@ -242,21 +266,56 @@ class Signer:
             certificate.public_bytes(serialization.Encoding.DER)
         ).decode("ascii")
         self.fingerprint = fingerprint_of(certificate)
+        self.pairs = PairKeys(private_key, certificate, self.fingerprint)
 
-    def sign(self, env: Envelope) -> None:
+    def sign(self, env: Envelope, mac_for: PairKey | None = None) -> None:
         """Add nonce, signature and certificate headers; call after all else is set.
 
-        An envelope with ``deadline`` but no deadline header gets one (integer ms) so
-        the deadline the receiver enforces is the signed one.
+        With ``mac_for``, a MAC for that peer replaces the signature. An envelope with
+        ``deadline`` but no deadline header gets one (integer ms) so the deadline the
+        receiver enforces is the signed one.
         """
         if env.deadline is not None and names.H_DEADLINE not in env.headers:
             env.headers[names.H_DEADLINE] = int(env.deadline * 1000)
         nonce = secrets.token_hex(NONCE_BYTES)
-        signature = _sign_with(self._key, signed_bytes(env, nonce, self.fingerprint))
-        env.headers[H_NONCE] = nonce
-        env.headers[H_CERTIFICATE] = self._certificate_b64
-        env.headers[H_FINGERPRINT] = self.fingerprint
-        env.headers[H_SIGNATURE] = base64.b64encode(signature).decode("ascii")
+        data = signed_bytes(env, nonce, self.fingerprint)
+        headers = env.headers
+        headers[H_NONCE] = nonce
+        headers[H_CERTIFICATE] = self._certificate_b64
+        headers[H_FINGERPRINT] = self.fingerprint
+        if mac_for is None:
+            headers.pop(H_MAC, None)
+            headers.pop(H_MAC_RECIPIENT, None)
+            headers[H_SIGNATURE] = base64.b64encode(_sign_with(self._key, data)).decode("ascii")
+        else:
+            headers.pop(H_SIGNATURE, None)
+            headers[H_MAC] = base64.b64encode(tag(mac_for.send, data)).decode("ascii")
+            headers[H_MAC_RECIPIENT] = mac_for.peer_fingerprint
+
+    def pair_key(self, peer: Identity) -> PairKey | None:
+        """The keys this signer shares with ``peer`` (checked against the CA), or None
+        when the two cannot agree one."""
+        return self.pairs.for_peer(peer.certificate, peer.fingerprint)
+
+    def check_mac(self, env: Envelope, sender: Identity, received: bytes, data: bytes) -> None:
+        """Raise SecurityError unless ``received`` is ``sender``'s MAC over ``data``, made for this signer."""
+        recipient = env.headers.get(H_MAC_RECIPIENT)
+        if not isinstance(recipient, str) or not FINGERPRINT_RE.fullmatch(recipient):
+            raise _bad(f"the {H_MAC_RECIPIENT} header must be 64 lowercase hex digits")
+        if recipient != self.fingerprint:
+            raise SecurityError(
+                f"the MAC was made for certificate {recipient[:16]}..., not for this receiver's "
+                f"current one ({self.fingerprint[:16]}...); send the message signed",
+                Code.KEY_CHANGED,
+            )
+        pair = self.pair_key(sender)
+        if pair is None:
+            raise _bad(
+                f"a MAC from {sender.cn!r} cannot be checked: the two certificates cannot agree a key "
+                "(an EC key on the same curve, with keyAgreement in its key usage, on both sides)"
+            )
+        if len(received) != MAC_BYTES or not tag_matches(pair.receive, data, received):
+            raise _bad(f"the MAC of {sender.cn!r} does not match the message (forged or tampered)")
 
 
 # --- verifying -----------------------------------------------------------------------
@@ -402,21 +461,28 @@ class TrustStore:
         *,
         expected_signer: str | None = None,
         expected_target: str | None = None,
+        receiver: Signer | None = None,
     ) -> Identity:
         """The signer of ``env``; raises SecurityError unless every check passes.
 
         ``expected_signer`` is the minion an overlord asked (for replies);
         ``expected_target`` is the receiving minion's own name (for requests), so a
-        request signed for one minion is not accepted by another. The deadline and
-        replays are not checked here: pass the accepted envelope to a ReplayGuard.
+        request signed for one minion is not accepted by another. A MAC'd message
+        needs ``receiver``, the signer whose certificate it was made for. The deadline
+        and replays are not checked here: pass the accepted envelope to a ReplayGuard.
         """
-        signature_b64 = _security_header(env, H_SIGNATURE, MAX_SIGNATURE_HEADER)
+        mac_b64 = None
+        if env.headers.get(H_MAC) in (None, ""):
+            signature_b64 = _security_header(env, H_SIGNATURE, MAX_SIGNATURE_HEADER)
+        else:
+            mac_b64 = _security_header(env, H_MAC, MAX_MAC_HEADER)
+            if env.headers.get(H_SIGNATURE) is not None:
+                raise _bad(f"a message carries either {H_SIGNATURE} or {H_MAC}, not both")
         nonce = _security_header(env, H_NONCE, 2 * NONCE_BYTES)
         if not NONCE_RE.fullmatch(nonce):
             raise _bad(f"the {H_NONCE} header must be {2 * NONCE_BYTES} lowercase hex digits")
         identity, key = self._certificate(env)
         cn, fingerprint = identity.cn, identity.fingerprint
-        signature = _b64(signature_b64, H_SIGNATURE)
         claimed = env.headers.get(H_FINGERPRINT)
         if claimed is not None and claimed != fingerprint:
             raise _bad(f"the {H_FINGERPRINT} header does not match the certificate")
@@ -424,10 +490,15 @@ class TrustStore:
             data = signed_bytes(env, nonce, fingerprint)
         except ValueError as exc:
             raise _bad(f"a signed header is malformed: {exc}") from None
-        try:
-            _verify_with(key, signature, data)
-        except InvalidSignature:
-            raise _bad(f"the signature of {cn!r} does not match the message (forged or tampered)") from None
+        if mac_b64 is not None:
+            if receiver is None:
+                raise _bad("the message carries a MAC, which only its recipient can check, not a signature")
+            receiver.check_mac(env, identity, _b64(mac_b64, H_MAC), data)
+        else:
+            try:
+                _verify_with(key, _b64(signature_b64, H_SIGNATURE), data)
+            except InvalidSignature:
+                raise _bad(f"the signature of {cn!r} does not match the message (forged or tampered)") from None
         self._check_expected(env, cn, expected_signer, expected_target)
         return identity
 

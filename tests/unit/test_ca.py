@@ -249,6 +249,25 @@ def test_strong_keys_accepted(ca: CertificateAuthority) -> None:
     assert ca.sign(["*"]) == ["ed", "p384"]
 
 
+@pytest.mark.parametrize(
+    ("key", "agreement", "encipherment"),
+    [
+        (lambda: ec.generate_private_key(ec.SECP256R1()), True, False),
+        (lambda: rsa.generate_private_key(public_exponent=65537, key_size=3072), False, True),
+        (lambda: generate_key("ed25519"), False, False),
+    ],
+    ids=["ec", "rsa", "ed25519"],
+)
+def test_leaf_key_usage_follows_the_key_type(ca: CertificateAuthority, key, agreement: bool, encipherment: bool) -> None:
+    """EC leaves may agree keys (the pair MACs); nothing else gains a usage it cannot use."""
+    cert = sign_now(ca, "host1", key())
+    usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usage.digital_signature
+    assert usage.key_agreement is agreement
+    assert usage.key_encipherment is encipherment
+    assert not usage.key_cert_sign
+
+
 def test_forged_request_refused(ca: CertificateAuthority) -> None:
     pem = make_csr("host1")
     der = x509.load_pem_x509_csr(pem).public_bytes(serialization.Encoding.DER)

@@ -66,6 +66,7 @@ class Authority:
         usages: list[x509.ObjectIdentifier] | None = None,
         serial: int | None = None,
         digital_signature: bool = True,
+        key_agreement: bool = False,
     ) -> tuple[Any, x509.Certificate]:
         key = key or ec.generate_private_key(ec.SECP256R1())
         builder = (
@@ -83,7 +84,7 @@ class Authority:
                     content_commitment=False,
                     key_encipherment=False,
                     data_encipherment=False,
-                    key_agreement=False,
+                    key_agreement=key_agreement,
                     key_cert_sign=ca,
                     crl_sign=False,
                     encipher_only=False,
