@@ -195,6 +195,18 @@ def test_the_certmaster_key_may_call_everything(target: MinionProcess) -> None:
     assert audit_outcomes(target)[-1] == "ok"
 
 
+def test_calls_after_the_first_carry_a_mac(target: MinionProcess) -> None:
+    """The minion's reply to the first call is MAC'd (the overlord learned the pair key
+    from it) and it accepts the MAC'd requests that follow."""
+    ol = Overlord(target.name, noglobs=True)
+    assert ol.test.ping() == 1
+    assert target.name in ol._async.rpc._pair_keys
+    assert ol.test.add(2, 3) == 5
+    assert ol.test.echo("again") == "again"
+    assert target.name in ol._async.rpc._pair_keys  # still MAC'd: every reply verified
+    assert audit_outcomes(target)[-3:] == ["ok", "ok", "ok"]
+
+
 def test_acl_grants_and_denies(target: MinionProcess, secured_url: str, tmp_path: Path) -> None:
     alice = issue("alice", tmp_path)
     grant(target, alice, "test.*")
