@@ -2,8 +2,9 @@
 
 One run starts everything it measures and stops it again: a private RabbitMQ node
 (unless ``--url`` names a broker), one ``funcd`` process serving ``bench-minion`` with
-a certificate from a CA the benchmark creates (requests and replies are signed, as in
-any real deployment), a second ``funcd`` serving ``bench-open`` with
+a certificate from a CA the benchmark creates (message security as in any real
+deployment: the first request signed, the rest and the replies MAC'd with the pair key
+the two certificates agree, docs/protocol.md §13), a second ``funcd`` serving ``bench-open`` with
 ``require_signatures = false`` (the RPC core without message security), and two plain
 aio-pika servers in their own processes (``bench/bare_server.py``), one whose replies
 use publisher confirms (aio-pika's default channel) and one without. Both minions
@@ -651,6 +652,8 @@ async def measure_all(setup: Setup, args: argparse.Namespace, info: dict[str, An
             for i, count in enumerate(slice_sizes(total, args.slices)):
                 for scenario in group if i % 2 == 0 else reversed(group):
                     scenario.sample.add(await scenario.run(count))
+        macs_to = getattr(aol.rpc, "macs_to", None)  # trees before pair MACs lack it
+        info["pair_macs"] = bool(macs_to and macs_to(MINION_NAME))
     return {s.name: s.sample for s in sequential + concurrent}
 
 
@@ -784,6 +787,15 @@ def cores_line(report: dict[str, Any]) -> str:
     return f"cores busy during the concurrent calls, of {report['machine']['cpus']}: " + ", ".join(parts)
 
 
+def _security_label(settings: dict[str, Any]) -> str:
+    """How the signed scenarios' requests travelled (docs/protocol.md §13)."""
+    if not settings["signed_requests"]:
+        return "unsigned"
+    if settings.get("pair_macs"):
+        return "signed, then MAC'd with the pair key the minion's first reply agreed; replies MAC'd"
+    return "signed, replies signed"
+
+
 def wire_line(report: dict[str, Any]) -> str:
     """Bytes the client sent and received per call, sequential scenarios (no batching)."""
     parts = []
@@ -846,8 +858,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         wire_line(report),
         f"JSON bodies: request func-amqp {sizes['func_request_body']} bytes, bare {sizes['bare_request_body']}; "
         f"reply {sizes['func_reply_body']} / {sizes['bare_reply_body']}; "
-        f"func-amqp requests {'signed' if s['signed_requests'] else 'unsigned'} "
-        f"(in the unsigned scenarios: never); audit log on in both minions",
+        f"func-amqp requests {_security_label(s)} "
+        f"(in the unsigned scenarios: unsigned); audit log on in both minions",
         f"{m['cpus']} CPUs, {m['os']}, Python {m['python']}, aio-pika {m['aio_pika']}, "
         f"RabbitMQ {report.get('rabbitmq', '?')} ({s['broker']}); warm-up {s['warmup']} calls a scenario, "
         f"timed calls in {s['slices']} interleaved slices",
@@ -1017,6 +1029,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "prefetch": prefetch,
                 "broker": broker_label,
                 "signed_requests": signed,
+                "pair_macs": info.get("pair_macs", False),
                 "minions": {"signed": MINION_NAME, "unsigned": OPEN_MINION_NAME},
                 "audit_log": "on in both minions, a file in the run's temporary directory",
             },

@@ -121,6 +121,10 @@ class RpcClient:
         with it too (security/pair_keys.py), until a reply comes signed or it refuses
         the key (KEY_CHANGED)."""
 
+    def macs_to(self, minion: str) -> bool:
+        """Whether requests to ``minion`` now carry a pair MAC instead of a signature."""
+        return minion in self._pair_keys
+
     async def start(self) -> None:
         """Open the reply address (once: a second start keeps the first)."""
         if self._reply_to is None:

@@ -200,10 +200,10 @@ def test_calls_after_the_first_carry_a_mac(target: MinionProcess) -> None:
     from it) and it accepts the MAC'd requests that follow."""
     ol = Overlord(target.name, noglobs=True)
     assert ol.test.ping() == 1
-    assert target.name in ol._async.rpc._pair_keys
+    assert ol._async.rpc.macs_to(target.name)
     assert ol.test.add(2, 3) == 5
     assert ol.test.echo("again") == "again"
-    assert target.name in ol._async.rpc._pair_keys  # still MAC'd: every reply verified
+    assert ol._async.rpc.macs_to(target.name)  # still MAC'd: every reply verified
     assert audit_outcomes(target)[-3:] == ["ok", "ok", "ok"]
 
 
