@@ -450,6 +450,8 @@ class MinionService:
         call_id = env.correlation_id or env.message_id
         if call_id and call_id in self._calls:
             return Code.BAD_REQUEST, f"call id {call_id!r} is already in use by a running call"
+        if call_id and self._recent.get(call_id) is not None:  # a call is never run twice
+            return Code.BAD_REQUEST, f"call id {call_id!r} was used by a call that just finished; follow it for its result"
         return None
 
     async def _run_call(self, call: InFlightCall, request: MethodRequest, method: Any, caller: Caller) -> None:

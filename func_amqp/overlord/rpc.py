@@ -120,6 +120,9 @@ class RpcClient:
         """Minion name -> the key its last reply was MAC'd with: requests to it are MAC'd
         with it too (security/pair_keys.py), until a reply comes signed or it refuses
         the key (KEY_CHANGED)."""
+        self._refused_by: dict[str, str] = {}
+        """Correlation id -> the fingerprint of the certificate an ``_exception`` answer
+        to it verified with (see _minion_rekeyed)."""
 
     def macs_to(self, minion: str) -> bool:
         """Whether requests to ``minion`` now carry a pair MAC instead of a signature."""
@@ -221,6 +224,8 @@ class RpcClient:
         if identity is None:
             return False
         self._learn_pair_key(expected, env, identity)
+        if env.headers.get(names.H_OPCODE) == Opcode.EXCEPTION.value:
+            self._refused_by[cid] = identity.fingerprint
         return True
 
     def _learn_pair_key(self, minion: str, env: Envelope, identity: Identity) -> None:
@@ -239,9 +244,11 @@ class RpcClient:
         env = codec.encode(message, correlation_id=cid, reply_to=self._reply_to if answered else None, target=target)
         if self._signer is None:
             return env
-        mac_for = self._pair_keys.get(target) if answered and target is not None else None
-        if mac_for is None and answered and self._trust is not None and self._signer.pairs.usable:
-            env.headers[names.H_ACCEPTS_MAC] = MAC_SCHEME
+        mac_for = None
+        if answered and target is not None:  # a pair: not a job, nor a locate (to all)
+            mac_for = self._pair_keys.get(target)
+            if mac_for is None and self._trust is not None and self._signer.pairs.usable:
+                env.headers[names.H_ACCEPTS_MAC] = MAC_SCHEME
         self._signer.sign(env, mac_for)
         return env
 
@@ -304,9 +311,7 @@ class RpcClient:
             control = not isinstance(message, MethodRequest)
             try:
                 reply = await self._exchange(target, env, future, deadline, timeout, control)
-                if isinstance(reply, ExceptionResponse) and reply.code == Code.KEY_CHANGED and names.H_MAC in env.headers:
-                    # the minion has a new certificate since its last reply: ask again, signed
-                    self._pair_keys.pop(target, None)
+                if self._minion_rekeyed(target, env, reply):  # ask again, signed
                     future = self._pending[cid] = asyncio.get_running_loop().create_future()
                     env = self._envelope(message, cid, target)
                     self._track(cid, message, env, timeout, recover)
@@ -323,9 +328,33 @@ class RpcClient:
             self._listeners.pop(cid, None)
             self._targets.pop(cid, None)
             self._calls.pop(cid, None)
+            self._refused_by.pop(cid, None)
             recovery = self._recoveries.pop(cid, None)
             if recovery is not None:
                 recovery.cancel()
+
+    def _minion_rekeyed(self, target: str, sent: Envelope, reply: Reply) -> bool:
+        """Whether ``reply`` refuses the MAC of ``sent`` because ``target`` has a new
+        certificate, so the request never ran and may go again, signed.
+
+        The refusal must be signed with another certificate than the one the MAC was
+        made for: anyone reading a copy of the request can resend it with another
+        recipient header and make the minion refuse that copy under this call's
+        correlation id, while the original runs.
+        """
+        if not (isinstance(reply, ExceptionResponse) and reply.code == Code.KEY_CHANGED and names.H_MAC in sent.headers):
+            return False
+        self._pair_keys.pop(target, None)
+        refused_by = self._refused_by.pop(sent.correlation_id or "", None)
+        if refused_by is None or refused_by == sent.headers.get(names.H_MAC_RECIPIENT):
+            _log.warning(
+                "%s refused a MAC'd request as made for another certificate, signing the refusal "
+                "with the very certificate it was made for: a tampered copy of the request may have "
+                "been refused instead; not sending it again",
+                target,
+            )
+            return False
+        return True
 
     def _track(self, cid: str, message: Request, env: Envelope, timeout: float, recover: bool) -> None:
         """Note what a reconnect's recovery asks for again, if anything."""

@@ -105,8 +105,10 @@ class PairKeys:
     def for_peer(self, certificate: x509.Certificate, fingerprint: str) -> PairKey | None:
         """The keys shared with ``certificate`` (already checked against the CA), or
         None when the two keys cannot agree one."""
-        if fingerprint in self._pairs:
+        try:  # one lookup: another thread may clear the cache between two
             return self._pairs[fingerprint]
+        except KeyError:
+            pass
         pair = self._agree(certificate, fingerprint)
         if len(self._pairs) >= PAIR_CACHE_SIZE:
             self._pairs.clear()
@@ -114,8 +116,8 @@ class PairKeys:
         return pair
 
     def _agree(self, certificate: x509.Certificate, fingerprint: str) -> PairKey | None:
-        if self._key is None or not self.usable or not takes_part(certificate):
-            return None
+        if self._key is None or not self.usable or fingerprint == self._fingerprint or not takes_part(certificate):
+            return None  # with itself a party signs: one key both ways could be reflected
         peer = certificate.public_key()
         if not isinstance(peer, ec.EllipticCurvePublicKey) or peer.curve.name != self._key.curve.name:
             return None

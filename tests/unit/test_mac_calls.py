@@ -5,6 +5,7 @@ certificate changed gets the request again, signed, and the call still succeeds.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +21,8 @@ from func_amqp.minion.service import MinionService, ServiceSettings
 from func_amqp.overlord.rpc import RpcClient
 from func_amqp.protocol import names
 from func_amqp.protocol.envelope import Envelope
-from func_amqp.protocol.messages import MethodRequest, MethodResponse
+from func_amqp.errors import Code
+from func_amqp.protocol.messages import ExceptionResponse, MethodRequest, MethodResponse
 from func_amqp.security.ca import CertificateAuthority
 from func_amqp.security.credentials import issue_locally
 from func_amqp.security.identity import TrustSource
@@ -46,6 +48,10 @@ class Recorder(MemoryTransport):
     async def reply(self, reply_to: str, env: Envelope) -> None:
         self.sent.append(env)
         await super().reply(reply_to, env)
+
+    async def broadcast(self, env: Envelope) -> None:
+        self.sent.append(env)
+        await super().broadcast(env)
 
 
 def _kind(env: Envelope) -> str:
@@ -151,6 +157,57 @@ async def test_a_minion_with_a_new_certificate_gets_the_request_again_signed(
         assert sent.sent[-1].headers[names.H_MAC_RECIPIENT] == service.gate.signer.fingerprint
     finally:
         await rpc.transport.close()
+
+
+async def test_locates_stay_signed(minion: tuple[MinionService, Recorder], url: str, ca_dir: Path) -> None:
+    """A locate goes to every minion: it offers no MAC, and each answer comes signed."""
+    _, minion_sent = minion
+    rpc, sent = await _client(url, ca_dir)
+    try:
+        assert await _add(rpc, 1, 1) == 2  # m1 and this client are a pair now
+        assert set(await rpc.locate(5, {"m1"})) == {"m1"}
+        locate = [env for env in sent.sent if env.headers.get(names.H_OPCODE) == "_agent_locate_request"]
+        answers = [env for env in minion_sent.sent if env.headers.get(names.H_OPCODE) == "_agent_locate_response"]
+        assert len(locate) == 1 and names.H_ACCEPTS_MAC not in locate[0].headers and _kind(locate[0]) == "signature"
+        assert [_kind(env) for env in answers] == ["signature"]
+    finally:
+        await rpc.transport.close()
+
+
+class CopyTamperer(Recorder):
+    """A broker user's trick: before each MAC'd request, a copy of it naming another
+    recipient certificate, so the minion refuses the copy under the call's id."""
+
+    async def send(self, target: str, env: Envelope, *, control: bool = False) -> None:
+        if names.H_MAC in env.headers:
+            copy = dataclasses.replace(env, headers={**env.headers, names.H_MAC_RECIPIENT: "0" * 64})
+            await super().send(target, copy, control=control)
+        await super().send(target, env, control=control)
+
+
+async def test_a_refusal_of_a_tampered_copy_does_not_make_the_call_run_twice(
+    minion: tuple[MinionService, Recorder], url: str, ca_dir: Path
+) -> None:
+    """The minion refuses the copy with KEY_CHANGED, signed with the certificate the MAC
+    was made for: no rekeying happened, so the overlord must not send the call again."""
+    _, minion_sent = minion
+    authority = CertificateAuthority(ca_dir)
+    transport = CopyTamperer(url)
+    await transport.connect()
+    signer = Signer(load_private_key(authority.key_path), load_certificate(authority.cert_path))
+    rpc = RpcClient(transport, MAX_BYTES, signer=signer, trust=TrustSource(authority.cert_path, None))
+    await rpc.start()
+    try:
+        assert await _add(rpc, 1, 2) == 3  # signed: no copy
+        before = len(transport.sent)
+        reply = await rpc.request("m1", MethodRequest("test", "add", [2, 2], time.time() + 10, "m1"), 10)
+        assert isinstance(reply, ExceptionResponse) and reply.code == Code.KEY_CHANGED
+        await asyncio.sleep(0.2)  # the original's own reply, which nobody waits for now
+        assert [_kind(env) for env in transport.sent[before:]] == ["mac", "mac"]  # the copy, the original: no resend
+        answers = [env for env in minion_sent.sent if env.headers.get(names.H_OPCODE) == "_method_response"]
+        assert len(answers) == 2  # 1 + 2 and 2 + 2, each once
+    finally:
+        await transport.close()
 
 
 async def test_a_follower_gets_replies_maced_for_itself(minion: tuple[MinionService, Recorder], url: str, ca_dir: Path) -> None:

@@ -10,14 +10,15 @@ import pytest
 from func_amqp.errors import AccessToMethodDenied, Code, SecurityError
 from func_amqp.minion.acl import Acl
 from func_amqp.minion.security import MinionSecurity
-from func_amqp.protocol import codec
+from func_amqp.protocol import codec, names
 from func_amqp.protocol.envelope import Envelope
 from func_amqp.protocol.messages import MethodRequest, Opcode
 from func_amqp.security.ca import CertificateAuthority
 from func_amqp.security.credentials import issue_locally
 from func_amqp.security.identity import TrustSource
 from func_amqp.security.keys import HostIdentity, load_certificate, load_private_key
-from func_amqp.security.signing import Signer
+from func_amqp.security.pair_keys import MAC_SCHEME
+from func_amqp.security.signing import Identity, Signer
 
 
 def _signer(ca_dir: Path, pki: Path, name: str) -> Signer:
@@ -59,3 +60,22 @@ def test_the_override_belongs_to_the_ca_certificate_not_a_name(gate: MinionSecur
     assert not alice.is_ca
     with pytest.raises(AccessToMethodDenied):
         gate.authorize(alice, "command.run")
+
+
+def test_jobs_must_be_signed_and_get_no_reply_key(gate: MinionSecurity, tmp_path: Path) -> None:
+    """A job is read by whichever minion takes it and kept as a record: a MAC, which only
+    one recipient can check, is refused, and nothing answers it with one."""
+    alice = _signer(tmp_path / "ca", tmp_path / "pki-alice", "alice")
+    offered = _request(alice)
+    offered.headers[names.H_ACCEPTS_MAC] = MAC_SCHEME
+    alice.sign(offered)
+    assert gate.authenticate(offered, Opcode.METHOD_REQUEST).reply_key is not None  # a call may get MACs
+    assert gate.authenticate(offered, Opcode.METHOD_REQUEST, job=True).reply_key is None
+    pair = alice.pair_key(Identity("m1", None, gate.signer.fingerprint, gate.signer.certificate))
+    assert pair is not None
+    maced = _request(alice)
+    alice.sign(maced, pair)
+    gate.authenticate(maced, Opcode.METHOD_REQUEST)  # as a call it is fine
+    with pytest.raises(SecurityError) as info:
+        gate.authenticate(maced, Opcode.METHOD_REQUEST, job=True)
+    assert info.value.code == Code.BAD_SIGNATURE

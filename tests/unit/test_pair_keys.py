@@ -91,6 +91,11 @@ def test_who_takes_part(ca: Authority) -> None:
     assert takes_part(ca.issue("d", ec.generate_private_key(ec.SECP384R1()), key_agreement=True)[1])
 
 
+def test_no_pair_key_with_oneself(minion: Signer) -> None:
+    """One key both ways: a request could come back as its own reply. A party signs."""
+    assert minion.pair_key(_identity_of(minion)) is None
+
+
 def test_no_pair_key_where_the_keys_cannot_agree(ca: Authority, overlord: Signer) -> None:
     no_usage = _party(ca, "old-minion", key_agreement=False)
     p384 = _party(ca, "p384", ec.generate_private_key(ec.SECP384R1()))
@@ -198,7 +203,7 @@ def test_a_request_cannot_be_reflected_as_the_recipients_reply(store: TrustStore
 
 def test_a_mac_from_a_certificate_that_may_not_agree_keys(ca: Authority, store: TrustStore, minion: Signer) -> None:
     old = _party(ca, "old-overlord", key_agreement=False)
-    pair = minion.pair_key(_identity_of(minion))  # any well-formed key: what matters is the sender's
+    pair = minion.pair_key(_identity_of(_party(ca, "someone")))  # any well-formed key: what matters is the sender's
     assert pair is not None
     env = _request()
     old.sign(env, pair)

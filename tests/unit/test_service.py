@@ -563,5 +563,21 @@ async def test_a_call_waiting_for_a_slot_at_shutdown_is_refused(url: str, minion
     assert "late" not in CALLED
 
 
+@pytest.mark.parametrize("running", [True, False], ids=["running", "just-finished"])
+async def test_a_call_id_in_use_is_refused_and_runs_once(raw: RawClient, running: bool) -> None:
+    """A second request under a call's id (a copy, or a caller's retry) never runs it again."""
+    first = request_env(raw, "probe", "slow", [0.3] if running else [0], cid="dup")
+    await raw.send(first)
+    if not running:
+        assert isinstance(codec.decode(await raw.reply(), 1 << 20), MethodResponse)
+    await raw.send(request_env(raw, "probe", "record", ["again"], cid="dup"))
+    refusal = await raw.reply()
+    assert error_code(refusal) == Code.BAD_REQUEST
+    assert ("running call" if running else "just finished") in codec.decode(refusal, 1 << 20).text
+    assert "again" not in CALLED
+    if running:
+        assert isinstance(codec.decode(await raw.reply(), 1 << 20), MethodResponse)
+
+
 async def test_progress_values_that_cannot_travel_do_not_fail_the_call(overlord: AsyncOverlord) -> None:
     assert await overlord.call("probe", "odd_progress") == {"m1": "fine"}
