@@ -450,7 +450,7 @@ class MinionService:
         call_id = env.correlation_id or env.message_id
         if call_id and call_id in self._calls:
             return Code.BAD_REQUEST, f"call id {call_id!r} is already in use by a running call"
-        if call_id and self._recent.get(call_id) is not None:  # a call is never run twice
+        if call_id and self._recent.get(call_id) is not None:  # not run again while its reply is kept
             return Code.BAD_REQUEST, f"call id {call_id!r} was used by a call that just finished; follow it for its result"
         return None
 
