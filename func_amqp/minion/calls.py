@@ -29,7 +29,6 @@ MAX_QUEUED_BATCHES = 200
 """Log batches waiting for slow followers; beyond it new lines are dropped with a note."""
 
 
-
 class Follower(NamedTuple):
     """Where a call's indications and final reply go."""
 
