@@ -92,10 +92,12 @@ async def minion(url: str, tmp_path: Path, ca_dir: Path) -> AsyncIterator[tuple[
         await transport.close()
 
 
-async def _client(url: str, ca_dir: Path, *, trusting: bool = True) -> tuple[RpcClient, Recorder]:
+async def _client(
+    url: str, ca_dir: Path, *, trusting: bool = True, transport_class: type[Recorder] = Recorder
+) -> tuple[RpcClient, Recorder]:
     authority = CertificateAuthority(ca_dir)
     signer = Signer(load_private_key(authority.key_path), load_certificate(authority.cert_path))
-    transport = Recorder(url)
+    transport = transport_class(url)
     await transport.connect()
     rpc = RpcClient(transport, MAX_BYTES, signer=signer, trust=TrustSource(authority.cert_path, None) if trusting else None)
     await rpc.start()
@@ -191,12 +193,7 @@ async def test_a_refusal_of_a_tampered_copy_does_not_make_the_call_run_twice(
     """The minion refuses the copy with KEY_CHANGED, signed with the certificate the MAC
     was made for: no rekeying happened, so the overlord must not send the call again."""
     _, minion_sent = minion
-    authority = CertificateAuthority(ca_dir)
-    transport = CopyTamperer(url)
-    await transport.connect()
-    signer = Signer(load_private_key(authority.key_path), load_certificate(authority.cert_path))
-    rpc = RpcClient(transport, MAX_BYTES, signer=signer, trust=TrustSource(authority.cert_path, None))
-    await rpc.start()
+    rpc, transport = await _client(url, ca_dir, transport_class=CopyTamperer)
     try:
         assert await _add(rpc, 1, 2) == 3  # signed: no copy
         before = len(transport.sent)
